@@ -1,0 +1,154 @@
+"""The act/learn interface every agent shares, and the batches agents learn from.
+
+An agent owns its network, optimizer and sampling RNG; it knows nothing about environments.
+The training loop (``equirl.zoo.train``) feeds it numpy observations and batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Rollout:
+    """An on-policy segment of T steps from B environments, time-major, on the agent's device.
+
+    ``final_obs``/``final_index`` carry the last observation of episodes that were truncated
+    inside the segment (``final_index[k] = (t, b)``): their value is bootstrapped, whereas
+    ``obs[t+1, b]`` is already the first observation of the next episode.
+    """
+
+    obs: Tensor  # [T, B, *obs_shape]
+    actions: Tensor  # [T, B] int64
+    rewards: Tensor  # [T, B] float
+    terminated: Tensor  # [T, B] bool
+    truncated: Tensor  # [T, B] bool
+    next_obs: Tensor  # [B, *obs_shape]: the observation after the last step
+    final_obs: Tensor  # [K, *obs_shape]
+    final_index: Tensor  # [K, 2] int64: (t, b) of each truncated step
+
+
+@dataclass
+class ReplaySample:
+    """n-step windows sampled from a replay buffer, time-major over the window (n steps).
+
+    ``bootstrap_obs[b]`` is the state the window of sample b bootstraps from: ``s_{t+n}``, or
+    the final state of the episode if it was truncated inside the window.
+    """
+
+    obs: Tensor  # [B, *obs_shape]: s_t
+    actions: Tensor  # [B]
+    rewards: Tensor  # [n, B]
+    kl: Tensor  # [n, B]: KL of the behaviour policy at s_{t+d}, as recorded when acting
+    terminated: Tensor  # [n, B]
+    truncated: Tensor  # [n, B]
+    bootstrap_obs: Tensor  # [B, *obs_shape]
+
+
+@dataclass
+class ObsInfo:
+    """What an agent needs to know about observations to build its network."""
+
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name, e.g. "uint8", "float32"
+
+
+def config_from_dict(cls: type, values: dict) -> Any:
+    """Build a config dataclass from plain values, rejecting unknown names."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return cls(**values)
+
+
+class Agent:
+    """Base class: ``act(obs, greedy=False) -> actions`` and ``learn(batch) -> {name: float}``.
+
+    Subclasses set ``agent_id``, ``Config`` and ``on_policy``, build ``self.network`` and
+    ``self.optimizer`` and implement :meth:`action_logits` and :meth:`learn`.
+    """
+
+    agent_id: ClassVar[str]
+    Config: ClassVar[type]
+    on_policy: ClassVar[bool]
+
+    def __init__(self, config: Any, obs_info: ObsInfo, num_actions: int, network_spec: dict,
+                 device: str | torch.device = "cpu", seed: int = 0):
+        self.config = config
+        self.obs_info = obs_info
+        self.num_actions = num_actions
+        self.network_spec = network_spec
+        self.device = torch.device(device)
+        self.dtype = torch.float64 if getattr(config, "float64", False) else torch.float32
+        torch.manual_seed(seed)
+        # The agent's own generator for action sampling: checkpointed with it, and unaffected
+        # by anything else in the process that draws random numbers.
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+        self.progress = 0.0
+
+    # ---- acting ----------------------------------------------------------------------
+    def action_logits(self, obs: Tensor) -> Tensor:
+        """Unnormalised log-probabilities of the behaviour policy, ``[N, A]``."""
+        raise NotImplementedError
+
+    def to_tensor(self, obs: np.ndarray | Tensor) -> Tensor:
+        obs = torch.as_tensor(obs, device=self.device)
+        # Pixels stay uint8 until the network scales them; vector observations take the
+        # agent's float precision.
+        return obs if obs.dtype == torch.uint8 else obs.to(self.dtype)
+
+    def sample(self, logits: Tensor) -> Tensor:
+        """Draw one action per row from ``softmax(logits)`` with the Gumbel-max trick."""
+        uniform = torch.rand(logits.shape, generator=self.generator, device=logits.device, dtype=logits.dtype)
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(torch.finfo(logits.dtype).tiny)))
+        return (logits + gumbel).argmax(dim=-1)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | Tensor, greedy: bool = False) -> np.ndarray:
+        """Actions for a batch of observations: sampled from the behaviour policy, or its mode."""
+        logits = self.action_logits(self.to_tensor(obs))
+        actions = logits.argmax(dim=-1) if greedy else self.sample(logits)
+        return actions.cpu().numpy()
+
+    # ---- learning --------------------------------------------------------------------
+    def learn(self, batch: Any) -> dict[str, float]:
+        raise NotImplementedError
+
+    def set_progress(self, fraction: float) -> None:
+        """Tell the agent how far training is (0..1), for its schedules."""
+        self.progress = min(max(fraction, 0.0), 1.0)
+
+    def clip_and_step(self, loss: Tensor, max_grad_norm: float) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = nn.utils.clip_grad_norm_(self.network.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
+        self.optimizer.step()
+        return float(norm)
+
+    # ---- state -----------------------------------------------------------------------
+    def weights(self) -> dict[str, Tensor]:
+        """The tensors needed to act (what ``model.safetensors`` holds)."""
+        return {k: v.detach() for k, v in self.network.state_dict().items()}
+
+    def load_weights(self, tensors: dict[str, Tensor]) -> None:
+        self.network.load_state_dict(tensors, strict=True)
+
+    def extra_state(self) -> dict[str, Tensor]:
+        """Tensors beyond the network that a resumable checkpoint needs (e.g. a target net)."""
+        return {}
+
+    def load_extra_state(self, tensors: dict[str, Tensor]) -> None:
+        pass
+
+    def _set_lr(self, lr: float, linear_decay: bool) -> float:
+        current = lr * (1.0 - self.progress) if linear_decay else lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = current
+        return current

@@ -1,0 +1,108 @@
+"""Networks: nn.Modules only. Constructor arguments are plain numbers and strings, so a network
+is fully described by the JSON ``network`` block of a run's config.json (see :func:`build_network`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def _init_linear(layer: nn.Linear | nn.Conv2d, gain: float) -> nn.Module:
+    # Orthogonal initialisation, as in OpenAI baselines' A2C: the published Atari scores were
+    # obtained with it, and it keeps the initial policy close to uniform when gain is small.
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class NatureCNN(nn.Module):
+    """Mnih et al. 2015 trunk: 3 conv layers + FC512 on 84x84 uint8 frame stacks."""
+
+    def __init__(self, in_channels: int, height: int, width: int, features: int = 512):
+        super().__init__()
+        relu_gain = math.sqrt(2)
+        self.convs = nn.Sequential(
+            _init_linear(nn.Conv2d(in_channels, 32, 8, stride=4), relu_gain), nn.ReLU(),
+            _init_linear(nn.Conv2d(32, 64, 4, stride=2), relu_gain), nn.ReLU(),
+            _init_linear(nn.Conv2d(64, 64, 3, stride=1), relu_gain), nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, in_channels, height, width)).shape[1]
+        self.fc = nn.Sequential(_init_linear(nn.Linear(flat, features), relu_gain), nn.ReLU())
+        self.features = features
+
+    def forward(self, obs: Tensor) -> Tensor:
+        # Pixels arrive as uint8 and are scaled here, so observations move to the device once,
+        # at a quarter of the float32 size.
+        return self.fc(self.convs(obs.float() / 255.0))
+
+
+class MLP(nn.Module):
+    """Trunk for vector observations: tanh hidden layers."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int] = (64, 64)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        size = in_features
+        for width in hidden:
+            layers += [_init_linear(nn.Linear(size, width), math.sqrt(2)), nn.Tanh()]
+            size = width
+        self.body = nn.Sequential(*layers)
+        self.features = size
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.body(obs.float().flatten(1))
+
+
+def make_trunk(spec: dict) -> nn.Module:
+    """Build a trunk from its JSON description ``{"kind": "nature_cnn"|"mlp", ...}``."""
+    kind = spec["kind"]
+    shape = spec["obs_shape"]
+    if kind == "nature_cnn":
+        return NatureCNN(shape[0], shape[1], shape[2], spec.get("features", 512))
+    if kind == "mlp":
+        return MLP(math.prod(shape), tuple(spec.get("hidden", (64, 64))))
+    raise ValueError(f"unknown trunk kind {kind!r}; expected 'nature_cnn' or 'mlp'")
+
+
+def default_trunk_spec(obs_shape: Sequence[int], obs_dtype: str, hidden: Sequence[int] = (64, 64)) -> dict:
+    """Nature CNN for image observations (uint8, 3 axes), an MLP for everything else."""
+    if len(obs_shape) == 3 and obs_dtype == "uint8":
+        return {"kind": "nature_cnn", "obs_shape": list(obs_shape), "features": 512}
+    return {"kind": "mlp", "obs_shape": list(obs_shape), "hidden": list(hidden)}
+
+
+class QNetwork(nn.Module):
+    """Trunk + one Q-value per action (soft Q-learning, DQN)."""
+
+    def __init__(self, trunk: dict, num_actions: int):
+        super().__init__()
+        self.trunk = make_trunk(trunk)
+        self.q = _init_linear(nn.Linear(self.trunk.features, num_actions), 1.0)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.q(self.trunk(obs))
+
+
+class ActorCriticNetwork(nn.Module):
+    """Policy logits and a state value. ``shared=True`` is A3C's network (conv layers and the
+    first FC shared, two heads); ``shared=False`` gives the value its own trunk."""
+
+    def __init__(self, trunk: dict, num_actions: int, shared: bool = True):
+        super().__init__()
+        self.shared = shared
+        self.trunk = make_trunk(trunk)
+        self.value_trunk = None if shared else make_trunk(trunk)
+        # A small gain on the policy head starts the policy near uniform (baselines' 0.01).
+        self.policy = _init_linear(nn.Linear(self.trunk.features, num_actions), 0.01)
+        self.value = _init_linear(nn.Linear(self.trunk.features, 1), 1.0)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns ``(logits [N, A], values [N])``."""
+        features = self.trunk(obs)
+        value_features = features if self.value_trunk is None else self.value_trunk(obs)
+        return self.policy(features), self.value(value_features).squeeze(-1)

@@ -1,0 +1,166 @@
+"""Every environment is built here.
+
+Atari ids (``ALE/Pong-v5``, ``PongNoFrameskip-v4``, ...) run on ale-py's C++ vector env with the
+standard preprocessing (84x84 grayscale, 4-frame stack, frameskip 4 with max-pooling, up to 30
+no-op starts); any other Gymnasium id with Discrete actions runs in Gymnasium's synchronous
+vector env. :class:`EnvSpec` records every setting, so ``make_vector_env(EnvSpec.from_dict(d))``
+rebuilds the same environment later, whatever the defaults of this module become.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+
+from ..agents.base import ObsInfo
+
+try:  # ale-py registers the ALE/... and ...NoFrameskip-v4 ids
+    import ale_py
+
+    gym.register_envs(ale_py)
+except ImportError:  # pragma: no cover - ale-py is a dependency, but keep classic envs usable
+    ale_py = None
+
+ATARI_ENTRY_POINT = "ale_py.env:AtariEnv"
+
+
+class EnvError(ValueError):
+    """An environment id or setting that equirl cannot run, with the reason."""
+
+
+@dataclass
+class EnvSpec:
+    """Everything needed to rebuild an environment exactly."""
+
+    env_id: str
+    kind: str  # "atari" or "gymnasium"
+    reward_clipping: bool = False
+    """Train on sign(reward); logged episode returns are always the raw game score."""
+    ale: dict[str, Any] = field(default_factory=dict)
+    """ale_py.vector_env.AtariVectorEnv keyword arguments, all of them (Atari only)."""
+    rom_md5: str | None = None
+    gym_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments to gymnasium.make (non-Atari only)."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EnvSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise EnvError(f"unknown env spec field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+def _registry_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    if env_id not in gym.registry:
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise EnvError(f"unknown environment id {env_id!r}{hint}")
+    return gym.spec(env_id)
+
+
+def spec_from_id(env_id: str) -> EnvSpec:
+    """The spec an id means: v5 has sticky actions 0.25, NoFrameskip-v4 none (Machado et al. 2018)."""
+    registered = _registry_spec(env_id)
+    if registered.entry_point != ATARI_ENTRY_POINT:
+        return EnvSpec(env_id=env_id, kind="gymnasium")
+    kwargs = registered.kwargs
+    if kwargs.get("obs_type", "rgb") != "rgb":
+        raise EnvError(f"{env_id!r} has obs_type={kwargs['obs_type']!r}; equirl trains on pixels: use the id without '-ram'")
+    frameskip = kwargs.get("frameskip", 4)
+    if not isinstance(frameskip, int):
+        raise EnvError(f"{env_id!r} skips a random number of frames {frameskip}; use 'ALE/...-v5' or '...NoFrameskip-v4'")
+    game = kwargs["game"]
+    ale = {
+        "game": game,
+        "repeat_action_probability": float(kwargs.get("repeat_action_probability", 0.25)),
+        "full_action_space": bool(kwargs.get("full_action_space", False)),
+        # NoFrameskip ids mean "the agent wrappers skip 4 frames", as in DQN and A2C.
+        "frameskip": 4,
+        "max_num_frames_per_episode": int(kwargs.get("max_num_frames_per_episode", 108_000)),
+        "noop_max": 30,
+        "episodic_life": False,
+        "use_fire_reset": True,
+        "img_height": 84, "img_width": 84, "grayscale": True, "stack_num": 4, "maxpool": True,
+    }
+    return EnvSpec(env_id=env_id, kind="atari", reward_clipping=True, ale=ale, rom_md5=rom_md5(game))
+
+
+def rom_md5(game: str) -> str:
+    path = ale_py.roms.get_rom_path(game)
+    with open(path, "rb") as f:
+        return hashlib.md5(f.read()).hexdigest()
+
+
+class Step(NamedTuple):
+    obs: np.ndarray
+    rewards: np.ndarray  # float32, the raw game reward
+    terminated: np.ndarray  # bool
+    truncated: np.ndarray  # bool
+    final_obs: np.ndarray | None  # [num_envs, ...]: rows of envs that ended this step are valid
+
+
+class VectorEnv:
+    """Same-step autoreset vector env: when an episode ends, ``obs`` already holds the first
+    observation of the next one and ``final_obs`` the last observation of the one that ended."""
+
+    def __init__(self, spec: EnvSpec, num_envs: int):
+        self.spec = spec
+        self.num_envs = num_envs
+        if spec.kind == "atari":
+            from ale_py.vector_env import AtariVectorEnv
+
+            settings = {k: v for k, v in spec.ale.items() if k != "game"}
+            self._env = AtariVectorEnv(spec.ale["game"], num_envs, autoreset_mode="SameStep",
+                                       reward_clipping=False, **settings)
+        elif spec.kind == "gymnasium":
+            self._env = gym.make_vec(spec.env_id, num_envs, vectorization_mode="sync",
+                                     vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+                                     **spec.gym_kwargs)
+        else:
+            raise EnvError(f"unknown env kind {spec.kind!r}")
+        action_space = self._env.single_action_space
+        if not isinstance(action_space, gym.spaces.Discrete):
+            self._env.close()
+            raise EnvError(f"{spec.env_id!r} has {action_space} actions; equirl's agents need a Discrete action space")
+        obs_space = self._env.single_observation_space
+        if not isinstance(obs_space, gym.spaces.Box):
+            self._env.close()
+            raise EnvError(f"{spec.env_id!r} has {obs_space} observations; equirl needs a Box observation space")
+        self.num_actions = int(action_space.n)
+        self.obs_info = ObsInfo(tuple(obs_space.shape), np.dtype(obs_space.dtype).name)
+
+    def reset(self, seed: int) -> np.ndarray:
+        obs, _ = self._env.reset(seed=seed)
+        return obs
+
+    def step(self, actions: np.ndarray) -> Step:
+        obs, rewards, terminated, truncated, info = self._env.step(actions)
+        done = terminated | truncated
+        final = None
+        if done.any():
+            final = info["final_obs"]
+            if final.dtype == object:  # gymnasium: one array or None per env
+                filled = np.zeros_like(obs)
+                for i in np.flatnonzero(done):
+                    filled[i] = final[i]
+                final = filled
+        return Step(obs, np.asarray(rewards, dtype=np.float32), terminated, truncated, final)
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def make_vector_env(spec: EnvSpec | str, num_envs: int) -> VectorEnv:
+    """The one env builder: from an id (what it means today) or a recorded spec (exactly that)."""
+    if isinstance(spec, str):
+        spec = spec_from_id(spec)
+    return VectorEnv(spec, num_envs)

@@ -1,0 +1,107 @@
+"""The only code that knows about autoreset and episode boundaries.
+
+Environments reset in the same step an episode ends (see :class:`equirl.zoo.envs.VectorEnv`),
+so ``obs[t+1]`` after a done step belongs to the next episode; the last observation of a
+truncated episode is kept apart so its value can be bootstrapped.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from ..agents.base import Agent, Rollout
+from .envs import Step, VectorEnv
+from .replay import ReplayBuffer
+
+
+class Episode(NamedTuple):
+    score: float  # raw, unclipped sum of rewards
+    length: int  # agent steps
+
+
+class EpisodeTracker:
+    """Raw returns and lengths of the episodes running in each environment."""
+
+    def __init__(self, num_envs: int):
+        self.returns = np.zeros(num_envs, dtype=np.float64)
+        self.lengths = np.zeros(num_envs, dtype=np.int64)
+
+    def update(self, step: Step) -> list[Episode]:
+        self.returns += step.rewards
+        self.lengths += 1
+        finished = []
+        for i in np.flatnonzero(step.terminated | step.truncated):
+            finished.append(Episode(float(self.returns[i]), int(self.lengths[i])))
+            self.returns[i] = 0.0
+            self.lengths[i] = 0
+        return finished
+
+
+def training_rewards(step: Step, clip: bool) -> np.ndarray:
+    """What the agent learns from: sign(r) when the spec clips rewards (DQN/A2C practice)."""
+    return np.sign(step.rewards) if clip else step.rewards
+
+
+class OnPolicyCollector:
+    """Collects ``n_steps`` x ``num_envs`` segments with the current policy."""
+
+    def __init__(self, env: VectorEnv, n_steps: int, seed: int):
+        self.env = env
+        self.n_steps = n_steps
+        self.obs = env.reset(seed=seed)
+        self.tracker = EpisodeTracker(env.num_envs)
+        shape = (n_steps, env.num_envs)
+        self._obs = np.zeros(shape + self.obs.shape[1:], dtype=self.obs.dtype)
+        self._actions = np.zeros(shape, dtype=np.int64)
+        self._rewards = np.zeros(shape, dtype=np.float32)
+        self._terminated = np.zeros(shape, dtype=bool)
+        self._truncated = np.zeros(shape, dtype=bool)
+
+    def collect(self, agent: Agent) -> tuple[Rollout, list[Episode]]:
+        episodes: list[Episode] = []
+        finals: list[np.ndarray] = []
+        final_index: list[tuple[int, int]] = []
+        clip = self.env.spec.reward_clipping
+        for t in range(self.n_steps):
+            actions = agent.act(self.obs)
+            step = self.env.step(actions)
+            self._obs[t] = self.obs
+            self._actions[t] = actions
+            self._rewards[t] = training_rewards(step, clip)
+            self._terminated[t] = step.terminated
+            self._truncated[t] = step.truncated
+            for b in np.flatnonzero(step.truncated & ~step.terminated):
+                finals.append(step.final_obs[b])
+                final_index.append((t, b))
+            episodes += self.tracker.update(step)
+            self.obs = step.obs
+        device = agent.device
+        final_obs = np.stack(finals) if finals else np.zeros((0,) + self.obs.shape[1:], dtype=self.obs.dtype)
+        rollout = Rollout(
+            obs=agent.to_tensor(self._obs), actions=torch.as_tensor(self._actions, device=device),
+            rewards=torch.as_tensor(self._rewards, device=device),
+            terminated=torch.as_tensor(self._terminated, device=device),
+            truncated=torch.as_tensor(self._truncated & ~self._terminated, device=device),
+            next_obs=agent.to_tensor(self.obs), final_obs=agent.to_tensor(final_obs),
+            final_index=torch.as_tensor(np.array(final_index, dtype=np.int64).reshape(-1, 2), device=device),
+        )
+        return rollout, episodes
+
+
+class ReplayCollector:
+    """Steps every environment once with the behaviour policy and stores the transitions."""
+
+    def __init__(self, env: VectorEnv, seed: int):
+        self.env = env
+        self.obs = env.reset(seed=seed)
+        self.tracker = EpisodeTracker(env.num_envs)
+
+    def step(self, agent, replay: ReplayBuffer) -> list[Episode]:
+        actions, kl = agent.act_for_training(self.obs)
+        step = self.env.step(actions)
+        replay.add(self.obs, actions, training_rewards(step, self.env.spec.reward_clipping),
+                   step.terminated, step.truncated & ~step.terminated, kl, step.final_obs)
+        self.obs = step.obs
+        return self.tracker.update(step)

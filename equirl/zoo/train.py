@@ -1,0 +1,220 @@
+"""The one training loop: rollout -> agent.learn -> log -> checkpoint.
+
+Writes into the run directory: ``config.json`` (agent, hyperparameters, network, env spec,
+seed, versions), ``model.safetensors``, a resumable checkpoint (``checkpoint.safetensors`` +
+``checkpoint.json``), ``metrics.jsonl`` (one JSON object per finished episode and per logged
+update) and a TensorBoard event file under ``tb/``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..agents import AGENTS, Agent
+from ..agents.networks import default_trunk_spec
+from ..hub import format as fmt
+from . import presets
+from .envs import EnvSpec, make_vector_env, spec_from_id
+from .replay import ReplayBuffer
+from .rollout import Episode, OnPolicyCollector, ReplayCollector
+
+
+class TrainError(ValueError):
+    """Training cannot start with these arguments; the message says why."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError(f"--device {device}: CUDA is not available in this torch build ({torch.__version__})")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise TrainError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+    return torch.device(device)
+
+
+def package_versions() -> dict[str, str]:
+    import ale_py
+    import gymnasium
+    import safetensors
+
+    return {"equirl": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "gymnasium": gymnasium.__version__, "ale_py": ale_py.__version__,
+            "safetensors": safetensors.__version__}
+
+
+def code_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def config_to_json(config) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def build_agent(agent_id: str, config, spec: EnvSpec, obs_info, num_actions: int, device, seed: int) -> tuple[Agent, dict]:
+    network_spec = {"trunk": default_trunk_spec(obs_info.shape, obs_info.dtype, config.hidden),
+                    "num_actions": num_actions}
+    return AGENTS[agent_id](config, obs_info, num_actions, network_spec, device, seed), network_spec
+
+
+@dataclass
+class TrainResult:
+    agent: Agent
+    run_dir: Path | None
+    steps: int
+    episodes: list[Episode]
+    seconds: float
+
+
+class MetricsLog:
+    """metrics.jsonl + TensorBoard; both optional (no run dir: nothing is written)."""
+
+    def __init__(self, run_dir: Path | None):
+        self.file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if run_dir else None
+        self.tb = None
+        if run_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+
+    def episode(self, step: int, episode: Episode) -> None:
+        if self.file:
+            self.file.write(json.dumps({"kind": "episode", "step": step, "return": episode.score,
+                                        "length": episode.length}) + "\n")
+            self.tb.add_scalar("episode/return", episode.score, step)
+            self.tb.add_scalar("episode/length", episode.length, step)
+
+    def update(self, step: int, metrics: dict[str, float], sps: float) -> None:
+        if self.file:
+            self.file.write(json.dumps({"kind": "update", "step": step, "sps": round(sps, 1), **metrics}) + "\n")
+            for name, value in metrics.items():
+                self.tb.add_scalar(f"train/{name}", value, step)
+            self.tb.add_scalar("train/sps", sps, step)
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+            self.tb.close()
+
+
+def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | Path | None = None,
+          device: str = "auto", overrides: dict[str, str] | None = None, config_values: dict | None = None,
+          progress: bool = False, log_every: int = 100, checkpoint_every: int = 0,
+          command: str | None = None) -> TrainResult:
+    """Train ``agent_id`` on ``env_id`` for ``steps`` agent steps (transitions, all envs counted).
+
+    Everything is checked before anything is written: a bad argument raises :class:`TrainError`
+    (or :class:`equirl.zoo.envs.EnvError`) and leaves no run directory behind."""
+    if agent_id not in AGENTS:
+        raise TrainError(f"unknown agent {agent_id!r}; choose one of: {', '.join(AGENTS)}")
+    if steps <= 0:
+        raise TrainError(f"--steps must be positive, got {steps}")
+    spec = spec_from_id(env_id)
+    try:
+        config = presets.make_config(agent_id, presets.family_of(spec.kind), overrides, **(config_values or {}))
+    except (TypeError, ValueError) as err:
+        raise TrainError(str(err)) from None
+    torch_device = resolve_device(device)
+    run_dir = Path(out) if out is not None else None
+    if run_dir is not None and (run_dir / fmt.CONFIG_FILE).exists():
+        raise TrainError(f"{run_dir} already holds a run (config.json); choose another --out")
+
+    env = make_vector_env(spec, config.num_envs)
+    try:
+        agent, network_spec = build_agent(agent_id, config, spec, env.obs_info, env.num_actions, torch_device, seed)
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            fmt.write_json(run_dir / fmt.CONFIG_FILE, {
+                "format_version": fmt.FORMAT_VERSION, "library": "equirl", "agent": agent_id,
+                "hyperparameters": config_to_json(config), "network": network_spec, "env": spec.to_dict(),
+                "seed": seed, "training": {"total_steps": steps, "device": str(torch_device), "command": command},
+                "versions": package_versions(), "code_revision": code_revision(),
+            })
+        return _run(agent, env, steps, seed, run_dir, progress, log_every, checkpoint_every)
+    finally:
+        env.close()
+
+
+def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progress: bool, log_every: int,
+         checkpoint_every: int) -> TrainResult:
+    cfg = agent.config
+    log = MetricsLog(run_dir)
+    recent: deque[float] = deque(maxlen=20)
+    episodes: list[Episode] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
+    rng = np.random.default_rng(seed)
+    steps, updates, last_checkpoint = 0, 0, 0
+    start = time.perf_counter()
+
+    if agent.on_policy:
+        collector = OnPolicyCollector(env, cfg.n_steps, seed)
+    else:
+        collector = ReplayCollector(env, seed)
+        replay = ReplayBuffer(cfg.buffer_size, env.num_envs, env.obs_info.shape, env.obs_info.dtype)
+
+    def finished(new: list[Episode]) -> None:
+        for episode in new:
+            episodes.append(episode)
+            recent.append(episode.score)
+            log.episode(steps, episode)
+
+    try:
+        while steps < total:
+            agent.set_progress(steps / total)
+            metrics = None
+            before = steps
+            if agent.on_policy:
+                rollout, new = collector.collect(agent)
+                steps += rollout.actions.numel()
+                finished(new)
+                metrics = agent.learn(rollout)
+                updates += 1
+            else:
+                new = collector.step(agent, replay)
+                steps += env.num_envs
+                finished(new)
+                due = max(0, steps - cfg.learning_starts) // cfg.train_freq
+                while updates < due and replay.can_sample(cfg.n_steps):
+                    metrics = agent.learn(replay.sample(cfg.batch_size, cfg.n_steps, rng, agent.to_tensor, agent.device))
+                    updates += 1
+            elapsed = time.perf_counter() - start
+            sps = steps / elapsed if elapsed > 0 else 0.0
+            if metrics is not None and updates % log_every == 0:
+                if not all(np.isfinite(v) for v in metrics.values()):
+                    raise FloatingPointError(f"non-finite training metric at step {steps}: {metrics}")
+                log.update(steps, metrics, sps)
+            if bar is not None:
+                bar.update(steps - before)
+                if recent:
+                    bar.set_postfix(sps=f"{sps:.0f}", ret=f"{np.mean(recent):.1f}", refresh=False)
+            if run_dir is not None and checkpoint_every and steps - last_checkpoint >= checkpoint_every:
+                fmt.save_checkpoint(run_dir, agent, {"steps": steps, "updates": updates, "episodes": len(episodes)})
+                last_checkpoint = steps
+        agent.set_progress(1.0)
+        if run_dir is not None:
+            fmt.save_checkpoint(run_dir, agent, {"steps": steps, "updates": updates, "episodes": len(episodes)})
+    finally:
+        if bar is not None:
+            bar.close()
+        log.close()
+    return TrainResult(agent, run_dir, steps, episodes, time.perf_counter() - start)
