@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 from .agents import AGENTS
 
@@ -18,6 +19,15 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _fresh_run_dir(base: str) -> str:
+    """``base``, or ``base_2``, ``base_3``, ... : the first that does not exist (as RL Zoo does)."""
+    candidate, n = base, 1
+    while Path(candidate).exists():
+        n += 1
+        candidate = f"{base}_{n}"
+    return candidate
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="equirl", description="Entropy-regularized RL agents (Schulman, Chen & Abbeel 2017).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -26,13 +36,35 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("env_id", help="Gymnasium id, e.g. ALE/Pong-v5, PongNoFrameskip-v4, CartPole-v1")
     train.add_argument("--steps", type=int, default=100_000, help="agent steps (transitions over all envs)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--out", default=None, help="run directory (default: runs/AGENT-ENV-sSEED)")
+    train.add_argument("--out", default=None, help="run directory (default: a new runs/AGENT-ENV-sSEED[_N])")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     train.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="override a hyperparameter (repeatable)")
     train.add_argument("--checkpoint-every", type=int, default=100_000, help="agent steps between checkpoints")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    check = sub.add_parser("equivalence", help="measure the paper's equivalence with equirl's own losses and agents")
+    check.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    check.add_argument("--updates", type=int, default=200, help="updates of the side-by-side trajectory check")
     return parser
+
+
+def _equivalence(args) -> int:
+    import json
+
+    from .evaluation.equivalence import BOUNDS, run_all
+
+    results = run_all(trajectory_updates=args.updates)
+    failed = [name for name, bound in BOUNDS.items() if not results[name] <= bound]
+    if args.json:
+        print(json.dumps({"results": results, "bounds": BOUNDS, "passed": not failed}, indent=2))
+    else:
+        print(f"{'check':<48} {'measured':>12} {'bound':>9}")
+        for name, value in results.items():
+            bound = BOUNDS.get(name)
+            verdict = "" if bound is None else ("ok" if value <= bound else "FAIL")
+            print(f"{name:<48} {value:>12.3g} {'' if bound is None else f'{bound:.0e}':>9} {verdict}")
+        print("all bounds hold" if not failed else f"FAILED: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         from .zoo.envs import EnvError
         from .zoo.train import TrainError, train
 
-        out = args.out or f"runs/{args.agent}-{args.env_id.replace('/', '-')}-s{args.seed}"
+        out = args.out or _fresh_run_dir(f"runs/{args.agent}-{args.env_id.replace('/', '-')}-s{args.seed}")
         try:
             result = train(args.agent, args.env_id, args.steps, seed=args.seed, out=out, device=args.device,
                            overrides=_parse_sets(args.sets), progress=not args.no_progress,
@@ -55,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         mean = f"{sum(scores) / len(scores):.2f} over the last {len(scores)} episodes" if scores else "no episode finished"
         print(f"trained {args.agent} on {args.env_id}: {result.steps} steps in {result.seconds:.1f}s "
               f"({result.steps / result.seconds:.0f} steps/s); return {mean}; run dir: {out}")
+    elif args.command == "equivalence":
+        return _equivalence(args)
     return 0
 
 

@@ -38,7 +38,7 @@ class NatureCNN(nn.Module):
     def forward(self, obs: Tensor) -> Tensor:
         # Pixels arrive as uint8 and are scaled here, so observations move to the device once,
         # at a quarter of the float32 size.
-        return self.fc(self.convs(obs.float() / 255.0))
+        return self.fc(self.convs(obs.to(self.fc[0].weight.dtype) / 255.0))
 
 
 class MLP(nn.Module):
@@ -55,7 +55,7 @@ class MLP(nn.Module):
         self.features = size
 
     def forward(self, obs: Tensor) -> Tensor:
-        return self.body(obs.float().flatten(1))
+        return self.body(obs.to(self.body[0].weight.dtype).flatten(1))
 
 
 def make_trunk(spec: dict) -> nn.Module:

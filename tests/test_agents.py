@@ -1,0 +1,113 @@
+"""The shared act/learn interface, Atari smoke runs, determinism and pickle-freedom."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from equirl.agents import AGENTS
+from equirl.hub import format as fmt
+from equirl.zoo.train import train
+
+AGENT_IDS = list(AGENTS)
+# Settings that make soft-q learn within a short smoke run.
+SMOKE = {"soft-q": {"learning_starts": 256, "buffer_size": 4096, "n_steps": 3}}
+
+
+@pytest.mark.parametrize("agent_id", AGENT_IDS)
+def test_act_and_learn_interface(agent_id):
+    result = train(agent_id, "CartPole-v1", 2048, seed=0, config_values=SMOKE.get(agent_id, {}))
+    agent = result.agent
+    obs = np.random.default_rng(0).normal(size=(7, 4)).astype(np.float32)
+    actions = agent.act(obs)
+    assert actions.shape == (7,) and actions.dtype == np.int64
+    assert set(actions.tolist()) <= {0, 1}
+    greedy = agent.act(obs, greedy=True)
+    np.testing.assert_array_equal(greedy, agent.act(obs, greedy=True))
+    # Greedy is the mode of the behaviour policy.
+    logits = agent.action_logits(agent.to_tensor(obs))
+    np.testing.assert_array_equal(greedy, logits.argmax(-1).numpy())
+    assert len(result.episodes) > 0
+
+
+@pytest.mark.parametrize("agent_id", AGENT_IDS)
+def test_trains_on_pong_and_writes_a_run(agent_id, tmp_path):
+    values = {"soft-q": {"learning_starts": 512, "buffer_size": 2048, "n_steps": 3},
+              }.get(agent_id, {"num_envs": 8})
+    run = tmp_path / "run"
+    result = train(agent_id, "ALE/Pong-v5", 2048, seed=0, out=run, config_values=values, log_every=1)
+    assert result.steps >= 2048
+    config = fmt.read_json(run / "config.json")
+    assert config["agent"] == agent_id
+    assert config["env"]["ale"]["repeat_action_probability"] == 0.25
+    assert config["env"]["ale"]["game"] == "pong" and len(config["env"]["rom_md5"]) == 32
+    weights = fmt.read_tensors(run / "model.safetensors")
+    for name, tensor in result.agent.weights().items():
+        torch.testing.assert_close(weights[name], tensor, rtol=0, atol=0)
+    updates = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"update"' in line]
+    assert updates, "no update was logged"
+    assert list((run / "tb").iterdir()), "no TensorBoard event file"
+
+
+@pytest.mark.parametrize("agent_id", AGENT_IDS)
+def test_same_seed_gives_bit_identical_parameters(agent_id):
+    def params(seed):
+        result = train(agent_id, "CartPole-v1", 3072, seed=seed, config_values=SMOKE.get(agent_id, {}))
+        return result.agent.weights()
+
+    first, second, other = params(3), params(3), params(4)
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    assert any(not torch.equal(first[n], other[n]) for n in first), "the seed had no effect"
+
+
+def test_same_seed_bit_identical_on_pong():
+    def params():
+        return train("a3c", "ALE/Pong-v5", 640, seed=1, config_values={"num_envs": 4}).agent.weights()
+
+    first, second = params(), params()
+    assert all(torch.equal(first[n], second[n]) for n in first)
+
+
+def test_resume_from_checkpoint_restores_everything(tmp_path):
+    result = train("a3c", "CartPole-v1", 1024, seed=0, out=tmp_path / "run")
+    fresh = train("a3c", "CartPole-v1", 128, seed=5).agent
+    info = fmt.load_checkpoint(tmp_path / "run", fresh)
+    assert info["steps"] == result.steps
+    for name, tensor in result.agent.weights().items():
+        assert torch.equal(fresh.weights()[name], tensor)
+    a, b = result.agent.optimizer.state_dict(), fresh.optimizer.state_dict()
+    for index, entry in a["state"].items():
+        for key, value in entry.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["state"][index][key])), key
+    assert torch.equal(result.agent.generator.get_state(), fresh.generator.get_state())
+
+
+def test_nothing_is_pickled(monkeypatch, tmp_path):
+    """Training, checkpointing and reloading never touch pickle."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("pickle was used")
+
+    for name in ("load", "loads", "dump", "dumps"):
+        monkeypatch.setattr(pickle, name, forbidden)
+    monkeypatch.setattr(pickle, "Unpickler", forbidden)
+    monkeypatch.setattr(pickle, "Pickler", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(torch, "save", forbidden)
+    result = train("soft-q", "CartPole-v1", 1024, seed=0, out=tmp_path / "run", config_values=SMOKE["soft-q"])
+    fmt.load_checkpoint(tmp_path / "run", result.agent)
+
+
+def test_package_source_has_no_pickle_or_eval():
+    import pathlib
+
+    import equirl
+
+    root = pathlib.Path(equirl.__file__).parent
+    banned = ("import pickle", "cloudpickle", "torch.load(", "torch.save(", "eval(", "exec(", "yaml.load(", "marshal")
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        for word in banned:
+            assert word not in text, f"{path}: {word}"

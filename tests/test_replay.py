@@ -1,0 +1,205 @@
+"""equirl.zoo.replay.ReplayBuffer against a brute-force log of everything that was added.
+
+Observations encode (env, time) uniquely: obs = [env, time, +1] for the observation acted on at
+vector step ``time``, and final observations of truncated episodes are [env, time, -1], so every
+sampled row can be decoded and checked against the log.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from equirl.agents.base import ReplaySample
+from equirl.zoo.replay import ReplayBuffer
+
+CAPACITY, NUM_ENVS, N_STEPS = 20, 2, 3
+SLOTS = CAPACITY // NUM_ENVS  # 10 slots per env stream
+
+
+class Log:
+    """What was added, per env stream and absolute vector step."""
+
+    def __init__(self):
+        self.obs: list[np.ndarray] = []  # [time] -> [num_envs, 3]
+        self.actions: list[np.ndarray] = []
+        self.rewards: list[np.ndarray] = []
+        self.kl: list[np.ndarray] = []
+        self.terminated: list[np.ndarray] = []
+        self.truncated: list[np.ndarray] = []
+        self.final_obs: dict[tuple[int, int], np.ndarray] = {}  # (env, time) -> obs
+
+    @property
+    def written(self) -> int:
+        return len(self.obs)
+
+
+def add_step(buf: ReplayBuffer, log: Log, rng: np.random.Generator, exclusive: bool,
+             p_term: float = 0.2, p_trunc: float = 0.2) -> None:
+    t = log.written
+    obs = np.array([[e, t, 1.0] for e in range(NUM_ENVS)], dtype=np.float32)
+    actions = rng.integers(0, 6, size=NUM_ENVS)
+    # Store what float32 storage keeps, so comparisons are exact.
+    rewards = rng.normal(size=NUM_ENVS).astype(np.float32)
+    kl = rng.uniform(0, 2, size=NUM_ENVS).astype(np.float32)
+    terminated = rng.random(NUM_ENVS) < p_term
+    truncated = rng.random(NUM_ENVS) < p_trunc
+    if exclusive:
+        truncated &= ~terminated
+    # Rows of envs that did not truncate hold junk, as a vector env's final_obs would.
+    final_obs = np.full((NUM_ENVS, 3), np.nan, dtype=np.float32)
+    for e in range(NUM_ENVS):
+        if truncated[e]:
+            final_obs[e] = [e, t, -1.0]
+            log.final_obs[(e, t)] = final_obs[e].copy()
+    buf.add(obs, actions, rewards, terminated, truncated, kl, final_obs)
+    log.obs.append(obs)
+    log.actions.append(actions.copy())
+    log.rewards.append(rewards)
+    log.kl.append(kl)
+    log.terminated.append(terminated.copy())
+    log.truncated.append(truncated.copy())
+
+
+def expected_bootstrap(log: Log, env: int, start: int, n: int) -> np.ndarray:
+    for j in range(start, start + n):
+        if log.terminated[j][env] or log.truncated[j][env]:
+            if log.truncated[j][env]:
+                return log.final_obs[(env, j)]
+            return log.obs[j + 1][env]
+    return log.obs[start + n][env]
+
+
+def check_sample(sample: ReplaySample, log: Log, n: int, batch: int) -> list[tuple[int, int]]:
+    assert isinstance(sample, ReplaySample)
+    assert sample.obs.shape == (batch, 3)
+    assert sample.actions.shape == (batch,)
+    for name in ("rewards", "kl", "terminated", "truncated"):
+        assert getattr(sample, name).shape == (n, batch), name
+    assert sample.terminated.dtype == torch.bool and sample.truncated.dtype == torch.bool
+    assert sample.bootstrap_obs.shape == (batch, 3)
+    obs = sample.obs.numpy()
+    boot = sample.bootstrap_obs.numpy()
+    rewards, kl = sample.rewards.numpy(), sample.kl.numpy()
+    term, trunc = sample.terminated.numpy(), sample.truncated.numpy()
+    actions = sample.actions.numpy()
+    windows = []
+    w = log.written
+    for i in range(batch):
+        env, start, marker = int(obs[i, 0]), int(obs[i, 1]), obs[i, 2]
+        assert marker == 1.0 and obs[i, 0] == env and obs[i, 1] == start
+        assert 0 <= env < NUM_ENVS
+        # The whole window and its bootstrap slot are still stored (not overwritten).
+        assert start >= max(0, w - SLOTS), (start, w)
+        assert start + n <= w - 1, (start, n, w)
+        assert actions[i] == log.actions[start][env]
+        for d in range(n):
+            assert rewards[d, i] == log.rewards[start + d][env]
+            assert kl[d, i] == log.kl[start + d][env]
+            assert term[d, i] == log.terminated[start + d][env]
+            assert trunc[d, i] == log.truncated[start + d][env]
+        np.testing.assert_array_equal(boot[i], expected_bootstrap(log, env, start, n),
+                                      err_msg=f"env {env} start {start} written {w}")
+        windows.append((env, start))
+    return windows
+
+
+@pytest.mark.parametrize("exclusive", [True, False], ids=["exclusive_flags", "overlapping_flags"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sample_against_log(exclusive, seed):
+    rng = np.random.default_rng(100 + seed)
+    buf = ReplayBuffer(CAPACITY, NUM_ENVS, (3,), "float32")
+    log = Log()
+    n_checked = 0
+    for step in range(45):  # wraps the 10 slots four times
+        add_step(buf, log, rng, exclusive)
+        assert len(buf) == min(log.written, SLOTS) * NUM_ENVS
+        if buf.can_sample(N_STEPS):
+            sample = buf.sample(batch_size=64, n_steps=N_STEPS, rng=np.random.default_rng(step),
+                                to_tensor=torch.as_tensor, device="cpu")
+            check_sample(sample, log, N_STEPS, 64)
+            n_checked += 1
+    assert n_checked == 45 - N_STEPS
+
+
+def test_bootstrap_cases_are_exercised():
+    """A hand-built stream where every kind of bootstrap certainly occurs."""
+    # env 0: terminal at 2, truncation at 5, terminal at 6 right after, truncation at 8;
+    # env 1: no ends at all.
+    plan_term = {2, 6}
+    plan_trunc = {5, 8}
+    buf = ReplayBuffer(CAPACITY, NUM_ENVS, (3,), "float32")
+    log = Log()
+    for t in range(10):
+        obs = np.array([[e, t, 1.0] for e in range(NUM_ENVS)], dtype=np.float32)
+        terminated = np.array([t in plan_term, False])
+        truncated = np.array([t in plan_trunc, False])
+        final_obs = np.zeros((NUM_ENVS, 3), dtype=np.float32)
+        if truncated[0]:
+            final_obs[0] = [0, t, -1.0]
+            log.final_obs[(0, t)] = final_obs[0].copy()
+        rewards = np.full(NUM_ENVS, t, dtype=np.float32)
+        kl = np.full(NUM_ENVS, 0.5 * t, dtype=np.float32)
+        actions = np.array([t % 3, (t + 1) % 3])
+        buf.add(obs, actions, rewards, terminated, truncated, kl, final_obs)
+        log.obs.append(obs)
+        log.actions.append(actions)
+        log.rewards.append(rewards)
+        log.kl.append(kl)
+        log.terminated.append(terminated)
+        log.truncated.append(truncated)
+    sample = buf.sample(batch_size=400, n_steps=N_STEPS, rng=np.random.default_rng(1),
+                        to_tensor=torch.as_tensor, device="cpu")
+    windows = set(check_sample(sample, log, N_STEPS, 400))
+    # Starts 0..6 (window + bootstrap within the 10 stored steps) for both envs.
+    assert windows == {(e, s) for e in range(NUM_ENVS) for s in range(0, 7)}
+    boot = {(int(o[0]), int(o[1])): b for o, b in zip(sample.obs.numpy(), sample.bootstrap_obs.numpy())}
+    np.testing.assert_array_equal(boot[(0, 0)], [0, 3, 1])   # terminal at 2 -> next obs (reset)
+    np.testing.assert_array_equal(boot[(0, 3)], [0, 5, -1])  # truncated at 5 -> final obs
+    np.testing.assert_array_equal(boot[(0, 4)], [0, 5, -1])
+    np.testing.assert_array_equal(boot[(0, 5)], [0, 5, -1])  # truncation first, terminal after it
+    np.testing.assert_array_equal(boot[(0, 6)], [0, 7, 1])   # terminal at 6
+    np.testing.assert_array_equal(boot[(1, 2)], [1, 5, 1])   # no end: s_{t+n}
+    np.testing.assert_array_equal(boot[(1, 6)], [1, 9, 1])
+
+
+def test_every_valid_window_is_sampled():
+    rng = np.random.default_rng(7)
+    buf = ReplayBuffer(CAPACITY, NUM_ENVS, (3,), "float32")
+    log = Log()
+    for _ in range(33):
+        add_step(buf, log, rng, exclusive=True)
+    sample = buf.sample(batch_size=2000, n_steps=N_STEPS, rng=np.random.default_rng(0),
+                        to_tensor=torch.as_tensor, device="cpu")
+    windows = check_sample(sample, log, N_STEPS, 2000)
+    w = log.written
+    valid = {(e, s) for e in range(NUM_ENVS) for s in range(w - SLOTS, w - N_STEPS)}
+    assert set(windows) == valid
+    # Roughly uniform: each of the 14 windows gets 2000/14 ~ 143 draws.
+    counts = np.array([windows.count(v) for v in sorted(valid)])
+    assert counts.min() > 80 and counts.max() < 220
+
+
+@pytest.mark.parametrize("n", [1, 3, 5, 9, 10, 12])
+def test_can_sample_and_len(n):
+    rng = np.random.default_rng(n)
+    buf = ReplayBuffer(CAPACITY, NUM_ENVS, (3,), "float32")
+    log = Log()
+    assert len(buf) == 0
+    assert not buf.can_sample(n)
+    with pytest.raises(RuntimeError):
+        buf.sample(batch_size=4, n_steps=n, rng=rng, to_tensor=torch.as_tensor, device="cpu")
+    for _ in range(25):
+        add_step(buf, log, rng, exclusive=True)
+        w = log.written
+        assert len(buf) == min(w, SLOTS) * NUM_ENVS
+        # A window of n steps plus its bootstrap observation needs n + 1 stored steps.
+        expected = min(w, SLOTS) >= n + 1
+        assert buf.can_sample(n) == expected, (n, w)
+        if expected:
+            s = buf.sample(batch_size=16, n_steps=n, rng=rng, to_tensor=torch.as_tensor, device="cpu")
+            check_sample(s, log, n, 16)
+        else:
+            with pytest.raises(RuntimeError):
+                buf.sample(batch_size=4, n_steps=n, rng=rng, to_tensor=torch.as_tensor, device="cpu")
+
