@@ -10,7 +10,7 @@ import pytest
 from equirl.evaluation.evaluate import evaluate
 from equirl.zoo.train import train
 
-BUDGETS = {"a3c": 300_000, "matched-q": 300_000, "entropy-pg": 300_000, "soft-q": 200_000}
+BUDGETS = {"a3c": 300_000, "matched-q": 300_000, "entropy-pg": 300_000, "soft-q": 150_000}
 
 
 @pytest.mark.slow

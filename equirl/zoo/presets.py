@@ -24,7 +24,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     "soft-q": {
         "atari": {},
         "classic": {"num_envs": 4, "buffer_size": 50_000, "batch_size": 64, "learning_starts": 1_000,
-                    "train_freq": 4, "target_update_interval": 200, "tau": 0.01, "lr": 1e-3,
+                    "train_freq": 4, "target_update_interval": 200, "tau": 0.01, "lr": 1e-3, "n_steps": 3,
                     "lr_decay": True, "hidden": (128, 128)},
     },
 }
