@@ -41,11 +41,36 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="override a hyperparameter (repeatable)")
     train.add_argument("--checkpoint-every", type=int, default=100_000, help="agent steps between checkpoints")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     check = sub.add_parser("equivalence", help="measure the paper's equivalence with equirl's own losses and agents")
     check.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     check.add_argument("--updates", type=int, default=200, help="updates of the side-by-side trajectory check")
+    exp = sub.add_parser("experiment", help="run one of the paper's §6 experiments and plot it")
+    exp.add_argument("name", help="estimators (§6.1), soft-dqn (§6.2) or a3c-vs-matched-q (§6.3)")
+    exp.add_argument("--games", nargs="+", default=["Pong"], help="game names (Pong) or full env ids")
+    exp.add_argument("--frames", type=int, default=10_000_000, help="frames per run (agent steps x frameskip)")
+    exp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    exp.add_argument("--only", nargs="+", default=None, help="run only these variants")
+    exp.add_argument("--device", default="auto")
+    exp.add_argument("--out", default="experiments")
+    exp.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def _experiment(args, parser) -> int:
+    from .zoo.envs import EnvError
+    from .zoo.experiments import run_experiment
+    from .zoo.train import TrainError
+
+    try:
+        report = run_experiment(args.name, args.games, args.frames, args.seeds, args.out, device=args.device,
+                                only=args.only, progress=not args.no_progress)
+    except (TrainError, EnvError, ValueError) as err:
+        parser.exit(2, f"equirl experiment: error: {err}\n")
+    print(report.read_text())
+    print(f"report and learning curves in {report.parent}")
+    return 0
 
 
 def _equivalence(args) -> int:
@@ -75,20 +100,24 @@ def main(argv: list[str] | None = None) -> int:
         from .zoo.envs import EnvError
         from .zoo.train import TrainError, train
 
+        if args.resume and not args.out:
+            parser.exit(2, "equirl train: error: --resume needs --out DIR, the run to continue\n")
         out = args.out or _fresh_run_dir(f"runs/{args.agent}-{args.env_id.replace('/', '-')}-s{args.seed}")
         try:
             result = train(args.agent, args.env_id, args.steps, seed=args.seed, out=out, device=args.device,
                            overrides=_parse_sets(args.sets), progress=not args.no_progress,
                            checkpoint_every=args.checkpoint_every,
-                           command="equirl " + " ".join(shlex.quote(a) for a in argv))
+                           command="equirl " + " ".join(shlex.quote(a) for a in argv), resume=args.resume)
         except (TrainError, EnvError, ValueError) as err:
             parser.exit(2, f"equirl train: error: {err}\n")
         scores = [e.score for e in result.episodes[-20:]]
         mean = f"{sum(scores) / len(scores):.2f} over the last {len(scores)} episodes" if scores else "no episode finished"
         print(f"trained {args.agent} on {args.env_id}: {result.steps} steps in {result.seconds:.1f}s "
-              f"({result.steps / result.seconds:.0f} steps/s); return {mean}; run dir: {out}")
+              f"({result.steps_per_second:.0f} steps/s); return {mean}; run dir: {out}")
     elif args.command == "equivalence":
         return _equivalence(args)
+    elif args.command == "experiment":
+        return _experiment(args, parser)
     return 0
 
 

@@ -48,3 +48,28 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, args, message):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_continues_a_run(tmp_path):
+    first = run_cli("train", "soft-q", "CartPole-v1", "--steps", "1200", "--out", "run", "--no-progress",
+                    "--set", "learning_starts=400", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = run_cli("train", "soft-q", "CartPole-v1", "--steps", "2400", "--out", "run", "--resume",
+                     "--no-progress", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    state = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    assert state["steps"] == 2400
+    # 200 updates before the stop; after it the buffer refills for learning_starts steps first.
+    assert state["updates"] == 200 + (2400 - (1200 + 400)) // 4
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["hyperparameters"]["learning_starts"] == 400
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--resume"], "--resume needs --out"),
+    (["--resume", "--out", "nothing-here"], "holds no checkpoint"),
+])
+def test_resume_errors(tmp_path, args, message):
+    proc = run_cli("train", "a3c", "CartPole-v1", "--no-progress", *args, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert list(tmp_path.iterdir()) == []

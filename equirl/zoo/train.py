@@ -22,6 +22,7 @@ import torch
 
 from .. import __version__
 from ..agents import AGENTS, Agent
+from ..agents.base import config_from_dict
 from ..agents.networks import default_trunk_spec
 from ..hub import format as fmt
 from . import presets
@@ -80,13 +81,19 @@ class TrainResult:
     steps: int
     episodes: list[Episode]
     seconds: float
+    resumed_from: int = 0  # steps already done when this call started
+
+    @property
+    def steps_per_second(self) -> float:
+        return (self.steps - self.resumed_from) / self.seconds if self.seconds > 0 else 0.0
 
 
 class MetricsLog:
     """metrics.jsonl + TensorBoard; both optional (no run dir: nothing is written)."""
 
     def __init__(self, run_dir: Path | None):
-        self.file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if run_dir else None
+        # Line-buffered: every record is on disk as soon as it is written (a crash loses none).
+        self.file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8", buffering=1) if run_dir else None
         self.tb = None
         if run_dir:
             from torch.utils.tensorboard import SummaryWriter
@@ -116,29 +123,41 @@ class MetricsLog:
 def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | Path | None = None,
           device: str = "auto", overrides: dict[str, str] | None = None, config_values: dict | None = None,
           progress: bool = False, log_every: int = 100, checkpoint_every: int = 0,
-          command: str | None = None) -> TrainResult:
+          command: str | None = None, resume: bool = False) -> TrainResult:
     """Train ``agent_id`` on ``env_id`` for ``steps`` agent steps (transitions, all envs counted).
 
     Everything is checked before anything is written: a bad argument raises :class:`TrainError`
-    (or :class:`equirl.zoo.envs.EnvError`) and leaves no run directory behind."""
+    (or :class:`equirl.zoo.envs.EnvError`) and leaves no run directory behind.
+
+    ``resume=True`` continues the run in ``out`` from its last checkpoint, with the config, env
+    spec and seed recorded there, until ``steps`` in total. Restored: weights, optimizer, RNG
+    states, step and update counters. Not restored: the emulator state (environments restart
+    with new seeds) and soft-q's replay buffer (refilled for ``learning_starts`` steps first).
+    """
     if agent_id not in AGENTS:
         raise TrainError(f"unknown agent {agent_id!r}; choose one of: {', '.join(AGENTS)}")
     if steps <= 0:
         raise TrainError(f"--steps must be positive, got {steps}")
-    spec = spec_from_id(env_id)
-    try:
-        config = presets.make_config(agent_id, presets.family_of(spec.kind), overrides, **(config_values or {}))
-    except (TypeError, ValueError) as err:
-        raise TrainError(str(err)) from None
-    torch_device = resolve_device(device)
     run_dir = Path(out) if out is not None else None
-    if run_dir is not None and (run_dir / fmt.CONFIG_FILE).exists():
-        raise TrainError(f"{run_dir} already holds a run (config.json); choose another --out")
+    if resume:
+        saved, config, spec, seed = _resume_setup(agent_id, env_id, run_dir, overrides, config_values)
+    else:
+        spec = spec_from_id(env_id)
+        try:
+            config = presets.make_config(agent_id, presets.family_of(spec.kind), overrides, **(config_values or {}))
+        except (TypeError, ValueError) as err:
+            raise TrainError(str(err)) from None
+        if run_dir is not None and (run_dir / fmt.CONFIG_FILE).exists():
+            raise TrainError(f"{run_dir} already holds a run (config.json); choose another --out or --resume")
+    torch_device = resolve_device(device)
 
     env = make_vector_env(spec, config.num_envs)
     try:
         agent, network_spec = build_agent(agent_id, config, spec, env.obs_info, env.num_actions, torch_device, seed)
-        if run_dir is not None:
+        start = {"steps": 0, "updates": 0}
+        if resume:
+            start = fmt.load_checkpoint(run_dir, agent)
+        elif run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
             fmt.write_json(run_dir / fmt.CONFIG_FILE, {
                 "format_version": fmt.FORMAT_VERSION, "library": "equirl", "agent": agent_id,
@@ -146,13 +165,35 @@ def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | P
                 "seed": seed, "training": {"total_steps": steps, "device": str(torch_device), "command": command},
                 "versions": package_versions(), "code_revision": code_revision(),
             })
-        return _run(agent, env, steps, seed, run_dir, progress, log_every, checkpoint_every)
+        return _run(agent, env, steps, seed, run_dir, progress, log_every, checkpoint_every,
+                    start_steps=int(start["steps"]), start_updates=int(start["updates"]))
     finally:
         env.close()
 
 
+def _resume_setup(agent_id, env_id, run_dir, overrides, config_values):
+    if run_dir is None or not (run_dir / fmt.CHECKPOINT_STATE).exists():
+        raise TrainError(f"--resume: {run_dir} holds no checkpoint to resume from")
+    if overrides or config_values:
+        raise TrainError("--resume continues with the recorded hyperparameters; --set cannot change them")
+    saved = fmt.read_json(run_dir / fmt.CONFIG_FILE)
+    if saved["agent"] != agent_id or saved["env"]["env_id"] != env_id:
+        raise TrainError(f"--resume: {run_dir} is a {saved['agent']} run on {saved['env']['env_id']}, "
+                         f"not {agent_id} on {env_id}")
+    config_cls = AGENTS[agent_id].Config
+    defaults = config_cls()
+    values = {k: tuple(v) if isinstance(getattr(defaults, k, None), tuple) else v
+              for k, v in saved["hyperparameters"].items()}
+    try:
+        config = config_from_dict(config_cls, values)
+        config.validate()
+    except (TypeError, ValueError) as err:
+        raise TrainError(f"--resume: {run_dir}/config.json: {err}") from None
+    return saved, config, EnvSpec.from_dict(saved["env"]), int(saved["seed"])
+
+
 def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progress: bool, log_every: int,
-         checkpoint_every: int) -> TrainResult:
+         checkpoint_every: int, start_steps: int = 0, start_updates: int = 0) -> TrainResult:
     cfg = agent.config
     log = MetricsLog(run_dir)
     recent: deque[float] = deque(maxlen=20)
@@ -161,16 +202,20 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
-    rng = np.random.default_rng(seed)
-    steps, updates, last_checkpoint = 0, 0, 0
+        bar = tqdm(total=total, initial=start_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
+    # A resumed run draws new env seeds and replay indices, not a replay of the first part.
+    stream_seed = seed + start_steps
+    rng = np.random.default_rng(stream_seed)
+    steps, updates, last_checkpoint = start_steps, start_updates, start_steps
     start = time.perf_counter()
 
     if agent.on_policy:
-        collector = OnPolicyCollector(env, cfg.n_steps, seed)
+        collector = OnPolicyCollector(env, cfg.n_steps, stream_seed)
     else:
-        collector = ReplayCollector(env, seed)
+        collector = ReplayCollector(env, stream_seed)
         replay = ReplayBuffer(cfg.buffer_size, env.num_envs, env.obs_info.shape, env.obs_info.dtype)
+        # Updates start once the (re)filled buffer holds learning_starts steps.
+        learn_from = start_steps + cfg.learning_starts
 
     def finished(new: list[Episode]) -> None:
         for episode in new:
@@ -193,12 +238,12 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
                 new = collector.step(agent, replay)
                 steps += env.num_envs
                 finished(new)
-                due = max(0, steps - cfg.learning_starts) // cfg.train_freq
+                due = start_updates + max(0, steps - learn_from) // cfg.train_freq
                 while updates < due and replay.can_sample(cfg.n_steps):
                     metrics = agent.learn(replay.sample(cfg.batch_size, cfg.n_steps, rng, agent.to_tensor, agent.device))
                     updates += 1
             elapsed = time.perf_counter() - start
-            sps = steps / elapsed if elapsed > 0 else 0.0
+            sps = (steps - start_steps) / elapsed if elapsed > 0 else 0.0
             if metrics is not None and updates % log_every == 0:
                 if not all(np.isfinite(v) for v in metrics.values()):
                     raise FloatingPointError(f"non-finite training metric at step {steps}: {metrics}")
@@ -217,4 +262,4 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
         if bar is not None:
             bar.close()
         log.close()
-    return TrainResult(agent, run_dir, steps, episodes, time.perf_counter() - start)
+    return TrainResult(agent, run_dir, steps, episodes, time.perf_counter() - start, start_steps)
