@@ -55,7 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--device", default="auto")
     exp.add_argument("--out", default="experiments")
     exp.add_argument("--no-progress", action="store_true")
+    push = sub.add_parser("push", help="publish a run: to a Hugging Face repo (one commit) or a local folder")
+    push.add_argument("run_dir", help="a run directory or any loadable repo folder")
+    push.add_argument("target", help="Hub repo id 'org/name', or a folder ('./zoo/x', '/abs/path', an existing dir)")
+    push.add_argument("--private", action="store_true", help="create the Hub repo private")
+    push.add_argument("--message", default=None, help="commit message")
     return parser
+
+
+def _push(args, parser) -> int:
+    from .hub.publish import PushError, push
+
+    try:
+        where = push(args.run_dir, args.target, private=args.private, commit_message=args.message)
+    except PushError as err:
+        parser.exit(2, f"equirl push: error: {err}\n")
+    print(f"pushed {args.run_dir} -> {where}")
+    return 0
 
 
 def _experiment(args, parser) -> int:
@@ -118,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return _equivalence(args)
     elif args.command == "experiment":
         return _experiment(args, parser)
+    elif args.command == "push":
+        return _push(args, parser)
     return 0
 
 

@@ -147,6 +147,35 @@ class Agent:
     def load_extra_state(self, tensors: dict[str, Tensor]) -> None:
         pass
 
+    # ---- the Hub (lazy imports: the agents do not depend on the hub or env code) -----------
+    @classmethod
+    def from_pretrained(cls, source: str, *, revision: str | None = None, device="cpu") -> "Agent":
+        """Load from a folder, the bundled zoo or a Hugging Face repo id (``equirl.load``)."""
+        from ..hub.client import load
+
+        agent = load(source, revision=revision, device=device)
+        if cls is not Agent and not isinstance(agent, cls):
+            raise TypeError(f"{source} holds a {agent.agent_id} agent, not {cls.agent_id}")
+        return agent
+
+    def save_pretrained(self, folder) -> None:
+        """Write ``config.json`` + ``model.safetensors`` (a loadable repo folder)."""
+        from ..hub.publish import save_pretrained
+
+        save_pretrained(self, folder)
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, commit_message: str | None = None):
+        """Save, evaluate, record and push to ``repo_id`` on the Hugging Face Hub in one commit."""
+        from ..hub.publish import push_agent
+
+        return push_agent(self, repo_id, private=private, commit_message=commit_message)
+
+    def make_env(self, num_envs: int = 1):
+        """The environment recorded in the agent's config, rebuilt with the same settings."""
+        from ..zoo.envs import make_vector_env
+
+        return make_vector_env(self.env_spec, num_envs)
+
     def _set_lr(self, lr: float, linear_decay: bool) -> float:
         current = lr * (1.0 - self.progress) if linear_decay else lr
         for group in self.optimizer.param_groups:

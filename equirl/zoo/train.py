@@ -71,7 +71,20 @@ def config_to_json(config) -> dict:
 def build_agent(agent_id: str, config, spec: EnvSpec, obs_info, num_actions: int, device, seed: int) -> tuple[Agent, dict]:
     network_spec = {"trunk": default_trunk_spec(obs_info.shape, obs_info.dtype, config.hidden),
                     "num_actions": num_actions}
-    return AGENTS[agent_id](config, obs_info, num_actions, network_spec, device, seed), network_spec
+    agent = AGENTS[agent_id](config, obs_info, num_actions, network_spec, device, seed)
+    agent.env_spec = spec
+    agent.seed = seed
+    return agent, network_spec
+
+
+def run_config(agent: Agent, training: dict | None = None) -> dict:
+    """The config.json of a run or model repo: everything needed to rebuild the agent and its env."""
+    return {
+        "format_version": fmt.FORMAT_VERSION, "library": "equirl", "agent": agent.agent_id,
+        "hyperparameters": config_to_json(agent.config), "network": agent.network_spec,
+        "env": agent.env_spec.to_dict(), "seed": agent.seed, "training": training or {},
+        "versions": package_versions(), "code_revision": code_revision(),
+    }
 
 
 @dataclass
@@ -159,12 +172,8 @@ def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | P
             start = fmt.load_checkpoint(run_dir, agent)
         elif run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
-            fmt.write_json(run_dir / fmt.CONFIG_FILE, {
-                "format_version": fmt.FORMAT_VERSION, "library": "equirl", "agent": agent_id,
-                "hyperparameters": config_to_json(config), "network": network_spec, "env": spec.to_dict(),
-                "seed": seed, "training": {"total_steps": steps, "device": str(torch_device), "command": command},
-                "versions": package_versions(), "code_revision": code_revision(),
-            })
+            fmt.write_json(run_dir / fmt.CONFIG_FILE, run_config(
+                agent, {"total_steps": steps, "device": str(torch_device), "command": command}))
         return _run(agent, env, steps, seed, run_dir, progress, log_every, checkpoint_every,
                     start_steps=int(start["steps"]), start_updates=int(start["updates"]))
     finally:
