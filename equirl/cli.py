@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--device", default="auto")
     exp.add_argument("--out", default="experiments")
     exp.add_argument("--no-progress", action="store_true")
+    from .evaluation.commands import register
+
+    register(sub)  # evaluate, record
     push = sub.add_parser("push", help="publish a run: to a Hugging Face repo (one commit) or a local folder")
     push.add_argument("run_dir", help="a run directory or any loadable repo folder")
     push.add_argument("target", help="Hub repo id 'org/name', or a folder ('./zoo/x', '/abs/path', an existing dir)")
@@ -136,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         return _experiment(args, parser)
     elif args.command == "push":
         return _push(args, parser)
+    elif args.command in ("evaluate", "record"):
+        from .evaluation.commands import run
+
+        return run(args)
     return 0
 
 

@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 
 from equirl.evaluation.commands import register, run
-from equirl.evaluation.evaluate import (EvaluationError, evaluate, read_results, results_dict, run_protocol, verify,
-                                        write_results_json)
+from equirl.evaluation.evaluate import (
+    EvaluationError,
+    evaluate,
+    read_results,
+    results_dict,
+    run_protocol,
+    verify,
+    write_results_json,
+)
 from equirl.evaluation.protocol import HUMAN_REFERENCE, Protocol, ProtocolError, human_normalized
 from equirl.zoo.envs import spec_from_id
 
@@ -89,7 +96,7 @@ def test_protocol_round_trips_and_rejects_bad_values():
         Protocol.from_dict({"episodes": 3, "epsilon": 0.01})
     with pytest.raises(ProtocolError, match=r"sticky-action probability must be in \[0, 1\]"):
         Protocol(sticky=1.5)
-    with pytest.raises(ProtocolError, match="episodes must be a positive integer"):
+    with pytest.raises(ProtocolError, match="episodes must be an integer from 1 to 1000"):
         Protocol(episodes=0)
 
 
@@ -273,7 +280,7 @@ def cli(argv: list[str]) -> int:
 
 @pytest.mark.parametrize("argv, message", [
     (["evaluate", "not a source!"], "not a folder"),
-    (["evaluate", "SOURCE", "--episodes", "0"], "--episodes must be positive"),
+    (["evaluate", "SOURCE", "--episodes", "0"], "episodes must be an integer from 1 to 1000"),
     (["evaluate", "SOURCE", "--verify", "--seed", "3"], "--verify re-runs the protocol stored in results.json"),
     (["evaluate", "SOURCE", "--sticky", "2"], "sticky-action probability must be in [0, 1]"),
     (["record", "SOURCE", "--out", "replay.gif"], "--out must name an .mp4 file"),
@@ -306,3 +313,8 @@ def test_evaluate_command_writes_verifies_and_compares(cartpole_run, capsys):
     captured = capsys.readouterr()
     assert [r["summary"]["episodes"] for r in json.loads(captured.out)] == [2, 2]
     assert captured.err.count("| a3c | CartPole-v1 |") == 2
+
+
+def test_an_agent_for_another_env_is_refused(cartpole_run):
+    with pytest.raises(EvaluationError, match="the agent has 2 actions and BreakoutNoFrameskip-v4 has 4"):
+        evaluate(cartpole_run.agent, "BreakoutNoFrameskip-v4", episodes=1)

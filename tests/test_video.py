@@ -6,11 +6,11 @@ import stat
 import imageio_ffmpeg
 import numpy as np
 import pytest
+from test_evaluation import BreakoutTracker, ConstantAgent
 
 from equirl.evaluation import video
 from equirl.evaluation.evaluate import evaluate
 from equirl.evaluation.video import VideoError, check_video, record
-from test_evaluation import BreakoutTracker, ConstantAgent
 
 
 def decode(path) -> tuple[dict, list[np.ndarray]]:
@@ -97,17 +97,13 @@ def test_odd_frame_sizes_are_padded_to_even(tmp_path):
 
 
 def test_record_command_through_the_loader(tmp_path, capsys):
-    from equirl.agents.base import ObsInfo
-    from equirl.zoo import presets
-    from equirl.zoo.envs import spec_from_id
-    from equirl.zoo.train import build_agent
     from test_evaluation import cli
 
-    spec = spec_from_id("ALE/Pong-v5")
-    config = presets.make_config("a3c", "atari")
-    agent, _ = build_agent("a3c", config, spec, ObsInfo((4, 84, 84), "uint8"), 6, "cpu", seed=0)
-    agent.save_pretrained(tmp_path / "pong")  # an untrained but loadable repo folder
+    from equirl.zoo.train import train
+
+    run_dir = tmp_path / "pong"
+    train("a3c", "ALE/Pong-v5", 80, seed=0, out=run_dir, device="cpu")  # one update: a loadable run folder
     out = tmp_path / "replay.mp4"
-    assert cli(["record", str(tmp_path / "pong"), "--out", str(out), "--steps", "25", "--device", "cpu"]) == 0
+    assert cli(["record", str(run_dir), "--out", str(out), "--steps", "25", "--device", "cpu"]) == 0
     assert "26 frames, 160x210, 15 fps, H.264" in capsys.readouterr().out
     assert len(decode(out)[1]) == 26

@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .evaluate import (RESULTS_FILE, EvalResult, EvaluationError, evaluation_spec, results_dict, run_protocol,
-                       verify)
+from .evaluate import RESULTS_FILE, EvalResult, EvaluationError, evaluation_spec, results_dict, run_protocol, verify
 from .protocol import HUMAN_REFERENCE, Protocol, ProtocolError
 from .video import DEFAULT_MAX_STEPS, VideoError
 
@@ -95,8 +94,6 @@ def _load(source: str, device: str) -> Any:
 def _evaluate(args: argparse.Namespace) -> int:
     if args.verify:
         return _verify(args)
-    if args.episodes is not None and args.episodes < 1:
-        raise UsageError(f"--episodes must be positive, got {args.episodes}")
     protocol = Protocol(episodes=DEFAULTS.episodes if args.episodes is None else args.episodes,
                         seed=DEFAULTS.seed if args.seed is None else args.seed,
                         greedy=DEFAULTS.greedy if args.greedy is None else args.greedy, sticky=args.sticky)
@@ -105,7 +102,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     for source, agent in zip(args.sources, agents):
         result = run_protocol(agent, evaluation_spec(agent, args.env_id), protocol)
         rows.append((source, agent, result))
-    report = "\n".join(comparison_table(rows) + [""] + protocol_lines(protocol, [r for _, _, r in rows]))
+    report = "\n".join(comparison_table(rows) + [""] + protocol_lines(protocol, rows))
     if args.json_path is not None:
         data = [results_dict(result, agent, source) for source, agent, result in rows]
         payload = data[0] if len(data) == 1 else data
@@ -155,12 +152,13 @@ def comparison_table(rows: list[tuple[str, Any, EvalResult]]) -> list[str]:
     return lines
 
 
-def protocol_lines(protocol: Protocol, results: list[EvalResult]) -> list[str]:
+def protocol_lines(protocol: Protocol, rows: list[tuple[str, Any, EvalResult]]) -> list[str]:
     """The protocol in words, under the table: what a reader needs to compare the numbers."""
+    results = [r for _, _, r in rows]
     last = protocol.seed + protocol.episodes - 1
-    lines = [f"Protocol: {protocol.episodes} episodes per agent, played in parallel, episode i from seed "
-             f"{protocol.seed} + i (seeds {protocol.seed}..{last}); {protocol.policy_mode} actions; "
-             f"mean ± population std of the raw game score."]
+    lines = [(f"Protocol: {protocol.episodes} episodes per agent, played in parallel, episode i from seed "
+              f"{protocol.seed} + i (seeds {protocol.seed}..{last}); {protocol.policy_mode} actions; "
+              f"mean ± population std of the raw game score.")]
     atari = [r.spec for r in results if r.spec.kind == "atari"]
     if atari:
         sticky = "; ".join(sorted({f"{s.env_id} {s.ale['repeat_action_probability']:g}" for s in atari}))
@@ -173,7 +171,12 @@ def protocol_lines(protocol: Protocol, results: list[EvalResult]) -> list[str]:
             lines.append(f"Human-normalized = (mean − random) / (human − random), reference: {HUMAN_REFERENCE}.")
     if any(r.spec.kind != "atari" for r in results):
         lines.append("Other envs: episodes end at the env's own termination or time limit.")
-    timing = ", ".join(f"{r.seconds:.1f} s ({r.episodes_per_minute:.0f} episodes/min)" for r in results)
+    for source, _, r in rows:
+        if any(r.truncated):
+            lines.append(f"{source}: {sum(r.truncated)} of {r.count} episodes were cut by the frame cap or time "
+                         f"limit, not ended by the game.")
+    timing = ", ".join(f"{source} {r.seconds:.1f} s ({r.episodes_per_minute:.1f} episodes/min)"
+                       for source, _, r in rows)
     lines.append(f"Wall time: {timing}.")
     return lines
 

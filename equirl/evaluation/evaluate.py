@@ -13,10 +13,12 @@ from __future__ import annotations
 import datetime
 import math
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 import numpy as np
 import torch
@@ -28,6 +30,7 @@ from .protocol import HUMAN_REFERENCE, Protocol, ProtocolError, human_normalized
 
 RESULTS_FILE = "results.json"
 RESULTS_FORMAT_VERSION = 1
+MAX_RESULTS_BYTES = 16 << 20  # 30 episodes take about 4 KB; a repo's file is read only up to this
 
 
 class EvaluationError(RuntimeError):
@@ -130,6 +133,7 @@ def run_protocol(agent: Actor, base: EnvSpec | str, protocol: Protocol, max_step
     start = time.perf_counter()
     env = make_vector_env(spec, n)
     try:
+        check_fits(agent, spec.env_id, env.num_actions, env.obs_info.shape)
         with seeded_sampling(agent, protocol.seed):
             obs = env.reset(seed=protocol.seed)
             return _play_one_episode_each(agent, env, obs, spec, protocol, max_steps, start)
@@ -164,6 +168,17 @@ def _play_one_episode_each(agent: Actor, env: Any, obs: np.ndarray, spec: EnvSpe
     return EvalResult(scores=[float(s) for s in scores], lengths=[int(k) for k in lengths],
                       truncated=[bool(t) for t in truncated], seeds=protocol.episode_seeds(), protocol=protocol,
                       spec=spec, seconds=time.perf_counter() - start)
+
+
+def check_fits(agent: Any, env_id: str, num_actions: int, obs_shape: tuple[int, ...]) -> None:
+    """An agent built for other observations or actions would fail deep inside torch, or worse,
+    play with the wrong action meanings: say so up front."""
+    obs_info, agent_actions = getattr(agent, "obs_info", None), getattr(agent, "num_actions", None)
+    if agent_actions is not None and agent_actions != num_actions:
+        raise EvaluationError(f"the agent has {agent_actions} actions and {env_id} has {num_actions}")
+    if obs_info is not None and tuple(obs_info.shape) != tuple(obs_shape):
+        raise EvaluationError(f"the agent takes observations of shape {tuple(obs_info.shape)} and "
+                              f"{env_id} gives {tuple(obs_shape)}")
 
 
 @contextmanager
@@ -229,6 +244,9 @@ def read_results(source: str | Path | dict) -> dict:
     if not path.is_file():
         raise EvaluationError(f"no {RESULTS_FILE} at {path}: evaluate first with `equirl evaluate SOURCE --json "
                               f"{path}`")
+    if path.stat().st_size > MAX_RESULTS_BYTES:
+        raise EvaluationError(f"{path} is {path.stat().st_size} bytes; more than {MAX_RESULTS_BYTES} is not a "
+                              f"results.json")
     try:
         data = fmt.read_json(path)
     except ValueError as err:
@@ -249,6 +267,7 @@ _PROTOCOL_ALE_KEYS = {"episodic_life", "noop_max", "max_num_frames_per_episode",
 class Verification:
     reproduced: bool
     stored: list[float]
+    stored_lengths: list[int]
     measured: EvalResult
     mismatches: list[int]
     """Indices of episodes whose score or length differs."""
@@ -258,22 +277,26 @@ class Verification:
         n = len(self.stored)
         if self.reproduced:
             return f"reproduced: all {n} episodes give the stored scores and lengths (mean {self.measured.mean:.2f})"
-        shown = ", ".join(f"#{i} (seed {self.measured.seeds[i]}): stored {self.stored[i]:g}, "
-                          f"now {self.measured.scores[i]:g}" for i in self.mismatches[:5])
+        shown = ", ".join(f"#{i} (seed {self.measured.seeds[i]}): stored {self.stored[i]:g} in "
+                          f"{self.stored_lengths[i]} steps, now {self.measured.scores[i]:g} in "
+                          f"{self.measured.lengths[i]}" for i in self.mismatches[:5])
         more = f" and {len(self.mismatches) - 5} more" if len(self.mismatches) > 5 else ""
         text = f"NOT reproduced: {len(self.mismatches)} of {n} episodes differ: {shown}{more}"
         return "; ".join([text, *self.notes])
+
+
+def _fixed_settings(spec: EnvSpec) -> dict[str, Any]:
+    """The settings of a spec that no protocol changes, flat (``ale.frameskip``, ...)."""
+    flat = {k: v for k, v in spec.to_dict().items() if k not in ("ale", "reward_clipping")}
+    flat.update({f"ale.{k}": v for k, v in dict(spec.ale).items() if k not in _PROTOCOL_ALE_KEYS})
+    return flat
 
 
 def _stored_spec(data: dict, agent: Any) -> EnvSpec:
     stored = EnvSpec.from_dict(data["env"])
     recorded = getattr(agent, "env_spec", None)
     reference = recorded if recorded is not None and recorded.env_id == stored.env_id else spec_from_id(stored.env_id)
-    mine, theirs = reference.to_dict(), stored.to_dict()
-    for spec_dict in (mine, theirs):
-        spec_dict.pop("reward_clipping")
-        for key in _PROTOCOL_ALE_KEYS:
-            spec_dict["ale"].pop(key, None)
+    mine, theirs = _fixed_settings(reference), _fixed_settings(stored)
     if mine != theirs:
         different = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         raise EvaluationError(f"the results' env differs from {stored.env_id} as this agent knows it "
@@ -290,7 +313,7 @@ def verify(source: str | Path | dict, agent: Actor) -> Verification:
         spec = _stored_spec(data, agent)
         stored_scores = [float(s) for s in data["episodes"]["returns"]]
         stored_lengths = [int(k) for k in data["episodes"]["lengths"]]
-    except (KeyError, TypeError, ValueError) as err:
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
         raise EvaluationError(f"results.json is malformed: {type(err).__name__}: {err}") from None
     if len(stored_scores) != protocol.episodes or len(stored_lengths) != protocol.episodes:
         raise EvaluationError(f"results.json holds {len(stored_scores)} episode scores for a protocol of "
@@ -308,4 +331,4 @@ def verify(source: str | Path | dict, agent: Actor) -> Verification:
         changed = [f"{k} {v} -> {now.get(k)}" for k, v in (data.get("versions") or {}).items() if now.get(k) != v]
         if changed:
             notes.append("versions changed: " + ", ".join(changed))
-    return Verification(not mismatches, stored_scores, measured, mismatches, notes)
+    return Verification(not mismatches, stored_scores, stored_lengths, measured, mismatches, notes)

@@ -18,10 +18,15 @@ from dataclasses import dataclass
 from ..zoo.envs import EnvSpec, spec_from_id
 
 MAX_SEED = 2**31 - 1  # the emulators take 32-bit seeds
+MAX_EPISODES = 1000  # all episodes run at once, one env each: a bound a stored protocol cannot exceed
 
 
 class ProtocolError(ValueError):
     """A protocol setting that cannot be used, with the reason."""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -43,17 +48,21 @@ class Protocol:
     per-life numbers published elsewhere, never the standard."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.episodes, int) or self.episodes < 1:
-            raise ProtocolError(f"episodes must be a positive integer, got {self.episodes!r}")
-        if not isinstance(self.seed, int) or not 0 <= self.seed or self.seed + self.episodes - 1 > MAX_SEED:
+        if not _is_int(self.episodes) or not 1 <= self.episodes <= MAX_EPISODES:
+            raise ProtocolError(f"episodes must be an integer from 1 to {MAX_EPISODES}, got {self.episodes!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed or self.seed + self.episodes - 1 > MAX_SEED:
             raise ProtocolError(f"seed must be an integer with 0 <= seed and seed + episodes - 1 <= {MAX_SEED}, "
                                 f"got seed {self.seed!r} with {self.episodes} episodes")
-        if self.sticky is not None and not (isinstance(self.sticky, (int, float)) and 0.0 <= self.sticky <= 1.0):
+        if self.sticky is not None and not (isinstance(self.sticky, (int, float)) and not isinstance(self.sticky, bool)
+                                            and 0.0 <= self.sticky <= 1.0):
             raise ProtocolError(f"sticky-action probability must be in [0, 1], got {self.sticky!r}")
-        if not isinstance(self.noop_max, int) or self.noop_max < 0:
+        if not _is_int(self.noop_max) or self.noop_max < 0:
             raise ProtocolError(f"noop_max must be a non-negative integer, got {self.noop_max!r}")
-        if not isinstance(self.max_frames, int) or self.max_frames < 1:
+        if not _is_int(self.max_frames) or self.max_frames < 1:
             raise ProtocolError(f"max_frames must be a positive integer, got {self.max_frames!r}")
+        for name in ("greedy", "full_game"):
+            if not isinstance(getattr(self, name), bool):
+                raise ProtocolError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
     @property
     def policy_mode(self) -> str:
@@ -69,7 +78,7 @@ class Protocol:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Protocol":
+    def from_dict(cls, data: dict) -> Protocol:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:

@@ -3,16 +3,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .evaluate import evaluate, write_results_json
+from .video import record
+
 
 def ensure_results(agent, folder: Path, episodes: int) -> Path:
+    """Evaluate with the default protocol (greedy, env-id defaults) unless results.json exists."""
     path = Path(folder) / "results.json"
     if not path.exists():
-        raise NotImplementedError("evaluation protocol not wired yet")
+        write_results_json(path, evaluate(agent, None, episodes=episodes), agent, source=str(folder))
     return path
 
 
 def ensure_video(agent, folder: Path, max_steps: int) -> Path:
+    """Record one game unless replay.mp4 exists; a failed encoding raises (never an empty file)."""
     path = Path(folder) / "replay.mp4"
     if not path.exists():
-        raise NotImplementedError("video recording not wired yet")
+        record(agent, None, path, max_steps=max_steps)
     return path

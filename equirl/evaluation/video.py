@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..zoo.envs import EnvSpec, make_vector_env
-from .evaluate import evaluation_spec, seeded_sampling
+from .evaluate import check_fits, evaluation_spec, seeded_sampling
 from .protocol import Protocol
 
 ATARI_SCREEN = (210, 160)  # (height, width) of every Atari 2600 screen as ALE renders it
@@ -108,7 +108,7 @@ class _Mp4Writer:
         self.size = (width, height)
         # ffmpeg's messages go to a file we can quote if encoding fails (text mode: moviepy
         # reads it back as str when a write fails).
-        self.log = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+        self.log = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")  # noqa: SIM115 (closed in close/abort)
         self.writer = FFMPEG_VideoWriter(str(self.path), (width, height), self.fps, codec="libx264",
                                          logfile=self.log, ffmpeg_params=["-pix_fmt", "yuv420p",
                                                                           "-movflags", "+faststart"])
@@ -213,6 +213,7 @@ def _play_atari(agent: Any, spec: EnvSpec, writer: _Mp4Writer, max_steps: int, s
     agent_env = make_vector_env(spec, 1)
     screen_env = None
     try:
+        check_fits(agent, spec.env_id, agent_env.num_actions, agent_env.obs_info.shape)
         screen_env = AtariVectorEnv(spec.ale["game"], 1, autoreset_mode="SameStep", reward_clipping=False,
                                     **settings)
         obs = agent_env.reset(seed=seed)
@@ -245,9 +246,15 @@ def _play_gymnasium(agent: Any, spec: EnvSpec, writer: _Mp4Writer, max_steps: in
                     greedy: bool) -> tuple[int, float, bool]:
     import gymnasium as gym
 
+    # Off-screen rendering needs no display or sound device; without these SDL complains on stderr.
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     env = gym.make(spec.env_id, render_mode="rgb_array", **spec.gym_kwargs)
     writer.fps = float(env.metadata.get("render_fps") or 30)
     try:
+        if not isinstance(env.action_space, gym.spaces.Discrete):
+            raise VideoError(f"{spec.env_id} has {env.action_space} actions; equirl's agents need Discrete ones")
+        check_fits(agent, spec.env_id, int(env.action_space.n), tuple(env.observation_space.shape))
         obs, _ = env.reset(seed=seed)
         writer.write(_render(env, spec))
         score = 0.0

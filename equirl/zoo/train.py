@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -68,13 +69,13 @@ def config_to_json(config) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
 
 
-def build_agent(agent_id: str, config, spec: EnvSpec, obs_info, num_actions: int, device, seed: int) -> tuple[Agent, dict]:
+def build_agent(agent_id: str, config, spec: EnvSpec, obs_info, num_actions: int, device, seed: int) -> Agent:
     network_spec = {"trunk": default_trunk_spec(obs_info.shape, obs_info.dtype, config.hidden),
                     "num_actions": num_actions}
     agent = AGENTS[agent_id](config, obs_info, num_actions, network_spec, device, seed)
     agent.env_spec = spec
     agent.seed = seed
-    return agent, network_spec
+    return agent
 
 
 def run_config(agent: Agent, training: dict | None = None) -> dict:
@@ -153,7 +154,7 @@ def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | P
         raise TrainError(f"--steps must be positive, got {steps}")
     run_dir = Path(out) if out is not None else None
     if resume:
-        saved, config, spec, seed = _resume_setup(agent_id, env_id, run_dir, overrides, config_values)
+        config, spec, seed = _resume_setup(agent_id, env_id, run_dir, overrides, config_values)
     else:
         spec = spec_from_id(env_id)
         try:
@@ -166,7 +167,7 @@ def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | P
 
     env = make_vector_env(spec, config.num_envs)
     try:
-        agent, network_spec = build_agent(agent_id, config, spec, env.obs_info, env.num_actions, torch_device, seed)
+        agent = build_agent(agent_id, config, spec, env.obs_info, env.num_actions, torch_device, seed)
         start = {"steps": 0, "updates": 0}
         if resume:
             start = fmt.load_checkpoint(run_dir, agent)
@@ -174,10 +175,30 @@ def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | P
             run_dir.mkdir(parents=True, exist_ok=True)
             fmt.write_json(run_dir / fmt.CONFIG_FILE, run_config(
                 agent, {"total_steps": steps, "device": str(torch_device), "command": command}))
-        return _run(agent, env, steps, seed, run_dir, progress, log_every, checkpoint_every,
-                    start_steps=int(start["steps"]), start_updates=int(start["updates"]))
+        result = _run(agent, env, steps, seed, run_dir, progress, log_every, checkpoint_every,
+                      start_steps=int(start["steps"]), start_updates=int(start["updates"]))
     finally:
         env.close()
+    if run_dir is not None:
+        _record_training_facts(run_dir, result, torch_device)
+    return result
+
+
+def hardware_description(device: torch.device) -> str:
+    cpu = f"{os.cpu_count()} CPU cores ({platform.machine()})"
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, {cpu}"
+    return cpu
+
+
+def _record_training_facts(run_dir: Path, result: TrainResult, device: torch.device) -> None:
+    """Steps done, wall time (summed over resumes) and hardware, for the model card."""
+    config = fmt.read_json(run_dir / fmt.CONFIG_FILE)
+    training = config.setdefault("training", {})
+    training["steps_done"] = result.steps
+    training["wall_seconds"] = round(training.get("wall_seconds", 0.0) + result.seconds, 1)
+    training["hardware"] = hardware_description(device)
+    fmt.write_json(run_dir / fmt.CONFIG_FILE, config)
 
 
 def _resume_setup(agent_id, env_id, run_dir, overrides, config_values):
@@ -198,7 +219,7 @@ def _resume_setup(agent_id, env_id, run_dir, overrides, config_values):
         config.validate()
     except (TypeError, ValueError) as err:
         raise TrainError(f"--resume: {run_dir}/config.json: {err}") from None
-    return saved, config, EnvSpec.from_dict(saved["env"]), int(saved["seed"])
+    return config, EnvSpec.from_dict(saved["env"]), int(saved["seed"])
 
 
 def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progress: bool, log_every: int,
