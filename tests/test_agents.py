@@ -111,3 +111,25 @@ def test_package_source_has_no_pickle_or_eval():
         text = path.read_text()
         for word in banned:
             assert word not in text, f"{path}: {word}"
+
+
+def test_divergence_stops_training_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    from equirl.agents.a3c import A3C
+
+    original = A3C.learn
+    calls = {"n": 0}
+
+    def learn_then_diverge(self, batch):
+        calls["n"] += 1
+        metrics = original(self, batch)
+        if calls["n"] > 20:  # CartPole preset: 128 steps per update, so after 2,560 steps
+            metrics["loss"] = float("nan")
+        return metrics
+
+    monkeypatch.setattr(A3C, "learn", learn_then_diverge)
+    with pytest.raises(FloatingPointError, match="diverged at step 2688 .*non-finite loss"):
+        train("a3c", "CartPole-v1", 10_000, seed=0, out=tmp_path / "run", checkpoint_every=1024)
+    state = fmt.read_json(tmp_path / "run" / "checkpoint.json")
+    assert state["steps"] == 2048  # the checkpoint before the divergence, not one after it
+    weights = fmt.read_tensors(tmp_path / "run" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())

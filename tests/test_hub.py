@@ -487,3 +487,24 @@ def test_online_push_and_load_back(trained, tmp_path, monkeypatch):
     loaded = equirl.load(repo)
     assert weights_digest(loaded.weights()) == weights_digest(agent.weights())
     assert set(os.listdir(loaded.source_dir)) == REPO_FILES
+
+
+def test_push_evaluates_and_records_what_is_missing(tmp_path):
+    """A pushed repo is always complete: results.json and replay.mp4 are made when absent."""
+    from equirl.hub.publish import push
+    from equirl.zoo.train import train as train_agent
+
+    run = tmp_path / "bare-run"
+    train_agent("a3c", "CartPole-v1", 1024, seed=0, out=run)
+    target = tmp_path / "complete"
+    push(run, str(target))
+    assert sorted(p.name for p in target.iterdir()) == sorted(
+        ["config.json", "model.safetensors", "results.json", "replay.mp4", "README.md"])
+    results = json.loads((target / "results.json").read_text())
+    assert results["summary"]["episodes"] == 10 and len(results["episodes"]["returns"]) == 10
+    from moviepy import VideoFileClip
+
+    with VideoFileClip(str(target / "replay.mp4")) as clip:  # decodable, CartPole's native 600x400
+        assert list(clip.size) == [600, 400] and clip.duration > 0
+    card = (target / "README.md").read_text()
+    assert f'value: "{results["summary"]["mean"]:.2f} +/- {results["summary"]["std"]:.2f}"' in card

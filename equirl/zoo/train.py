@@ -274,9 +274,12 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
                     updates += 1
             elapsed = time.perf_counter() - start
             sps = (steps - start_steps) / elapsed if elapsed > 0 else 0.0
+            # Checked after every update, before any checkpoint can save a diverged network.
+            if metrics is not None and not all(np.isfinite(v) for v in metrics.values()):
+                bad = ", ".join(k for k, v in metrics.items() if not np.isfinite(v))
+                raise FloatingPointError(f"training diverged at step {steps} (non-finite {bad}); "
+                                         "the last checkpoint is intact")
             if metrics is not None and updates % log_every == 0:
-                if not all(np.isfinite(v) for v in metrics.values()):
-                    raise FloatingPointError(f"non-finite training metric at step {steps}: {metrics}")
                 log.update(steps, metrics, sps)
             if bar is not None:
                 bar.update(steps - before)
