@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "train":
         from .zoo.envs import EnvError
-        from .zoo.train import TrainError, train
+        from .zoo.train import TrainError, TrainingInterrupted, train
 
         if args.resume and not args.out:
             parser.exit(2, "equirl train: error: --resume needs --out DIR, the run to continue\n")
@@ -129,6 +129,18 @@ def main(argv: list[str] | None = None) -> int:
                            command="equirl " + " ".join(shlex.quote(a) for a in argv), resume=args.resume)
         except (TrainError, EnvError, ValueError) as err:
             parser.exit(2, f"equirl train: error: {err}\n")
+        except TrainingInterrupted as stop:
+            print(f"equirl train: stopped by {stop.signal_name} at step {stop.steps}; checkpoint saved. "
+                  f"Continue with: equirl train {args.agent} {args.env_id} --steps {args.steps} --out {out} --resume",
+                  file=sys.stderr)
+            return 130 if stop.signal_name == "SIGINT" else 143
+        except FloatingPointError as err:
+            print(f"equirl train: error: {err} ({out})", file=sys.stderr)
+            return 1
+        except OSError as err:
+            print(f"equirl train: error: writing to {out} failed: {err}; the last complete checkpoint there "
+                  f"is intact", file=sys.stderr)
+            return 1
         scores = [e.score for e in result.episodes[-20:]]
         mean = f"{sum(scores) / len(scores):.2f} over the last {len(scores)} episodes" if scores else "no episode finished"
         print(f"trained {args.agent} on {args.env_id}: {result.steps} steps in {result.seconds:.1f}s "

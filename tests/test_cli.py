@@ -32,7 +32,7 @@ def test_train_writes_a_complete_run(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "a4c", "CartPole-v1"], "unknown agent 'a4c'"),
+    (["train", "a4c", "CartPole-v1"], "unknown agent 'a4c'; did you mean 'a3c'?"),
     (["train", "a3c", "CartPol-v1"], "did you mean 'CartPole-v1'"),
     (["train", "a3c", "Pendulum-v1"], "need a Discrete action space"),
     (["train", "a3c", "CartPole-v1", "--set", "lr=fast"], "--set lr='fast': expected a float"),
@@ -54,6 +54,9 @@ def test_resume_continues_a_run(tmp_path):
     first = run_cli("train", "soft-q", "CartPole-v1", "--steps", "1200", "--out", "run", "--no-progress",
                     "--set", "learning_starts=400", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
+    conflict = run_cli("train", "soft-q", "CartPole-v1", "--steps", "2400", "--out", "run", "--resume",
+                       "--set", "tau=0.5", "--no-progress", cwd=tmp_path)
+    assert conflict.returncode == 2 and "--set cannot change them" in conflict.stderr
     second = run_cli("train", "soft-q", "CartPole-v1", "--steps", "2400", "--out", "run", "--resume",
                      "--no-progress", cwd=tmp_path)
     assert second.returncode == 0, second.stderr

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 FORMAT_VERSION = 1
@@ -46,8 +47,10 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
+
+def write_text(path: Path, text: str) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -109,17 +112,21 @@ def save_checkpoint(run_dir: Path, agent, trainer_state: dict) -> None:
     tensors.update(optim_tensors)
     tensors["rng.agent"] = agent.generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
-    write_tensors(run_dir / CHECKPOINT_TENSORS, tensors)
+    state = {"format_version": FORMAT_VERSION, "optimizer": optim_info, "progress": agent.progress, **trainer_state}
+    # The state rides in the tensor file's own metadata, so the checkpoint is ONE atomic file: a
+    # kill between two writes can never pair new tensors with an old step count. checkpoint.json
+    # is a readable copy, written after it.
+    write_tensors(run_dir / CHECKPOINT_TENSORS, tensors, metadata={"state": json.dumps(state)})
     write_tensors(run_dir / WEIGHTS_FILE, agent.weights(), metadata={"format_version": str(FORMAT_VERSION)})
-    write_json(run_dir / CHECKPOINT_STATE, {"format_version": FORMAT_VERSION, "optimizer": optim_info,
-                                            "progress": agent.progress, **trainer_state})
+    write_json(run_dir / CHECKPOINT_STATE, state)
 
 
 def load_checkpoint(run_dir: Path, agent) -> dict:
     """Restore an agent from a run's checkpoint; returns the trainer state saved with it."""
     run_dir = Path(run_dir)
     tensors = read_tensors(run_dir / CHECKPOINT_TENSORS, agent.device)
-    info = read_json(run_dir / CHECKPOINT_STATE)
+    with safe_open(str(run_dir / CHECKPOINT_TENSORS), framework="pt") as f:
+        info = json.loads(f.metadata()["state"])
     agent.load_weights({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     agent.load_extra_state({k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")})
     agent.optimizer.load_state_dict(optimizer_from_flat(tensors, info["optimizer"]))

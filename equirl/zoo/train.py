@@ -7,12 +7,16 @@ update) and a TensorBoard event file under ``tb/``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import difflib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -149,7 +153,9 @@ def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | P
     with new seeds) and soft-q's replay buffer (refilled for ``learning_starts`` steps first).
     """
     if agent_id not in AGENTS:
-        raise TrainError(f"unknown agent {agent_id!r}; choose one of: {', '.join(AGENTS)}")
+        close = difflib.get_close_matches(agent_id, list(AGENTS), n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise TrainError(f"unknown agent {agent_id!r}; {hint}choose one of: {', '.join(AGENTS)}")
     if steps <= 0:
         raise TrainError(f"--steps must be positive, got {steps}")
     run_dir = Path(out) if out is not None else None
@@ -172,16 +178,62 @@ def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | P
         if resume:
             start = fmt.load_checkpoint(run_dir, agent)
         elif run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            fmt.write_json(run_dir / fmt.CONFIG_FILE, run_config(
-                agent, {"total_steps": steps, "device": str(torch_device), "command": command}))
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                fmt.write_json(run_dir / fmt.CONFIG_FILE, run_config(
+                    agent, {"total_steps": steps, "device": str(torch_device), "command": command}))
+            except OSError as err:
+                raise TrainError(f"cannot write the run directory {run_dir}: {err.strerror or err}") from None
+        if resume:
+            _drop_metrics_after(run_dir / "metrics.jsonl", int(start["steps"]))
         result = _run(agent, env, steps, seed, run_dir, progress, log_every, checkpoint_every,
-                      start_steps=int(start["steps"]), start_updates=int(start["updates"]))
+                      start_steps=int(start["steps"]), start_updates=int(start["updates"]),
+                      start_episodes=int(start.get("episodes", 0)))
     finally:
         env.close()
     if run_dir is not None:
         _record_training_facts(run_dir, result, torch_device)
     return result
+
+
+def _drop_metrics_after(path: Path, steps: int) -> None:
+    """Keep the metrics of the steps the checkpoint holds: lines written after it (before a crash)
+    describe steps that will be run again, and a line cut by the crash is not JSON."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= steps:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    fmt.write_text(path, "".join(line + "\n" for line in kept))
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM: a checkpoint was written and training stopped."""
+
+    def __init__(self, steps: int, signal_name: str):
+        super().__init__(f"{signal_name} at step {steps}: checkpoint written")
+        self.steps, self.signal_name = steps, signal_name
+
+
+@contextlib.contextmanager
+def _stop_requests(enabled: bool):
+    """Turn SIGINT/SIGTERM into a request the loop honours after the current update."""
+    requested: list[str] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda number, frame: requested.append(signal.Signals(number).name))
+    try:
+        yield requested
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def hardware_description(device: torch.device) -> str:
@@ -223,7 +275,7 @@ def _resume_setup(agent_id, env_id, run_dir, overrides, config_values):
 
 
 def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progress: bool, log_every: int,
-         checkpoint_every: int, start_steps: int = 0, start_updates: int = 0) -> TrainResult:
+         checkpoint_every: int, start_steps: int = 0, start_updates: int = 0, start_episodes: int = 0) -> TrainResult:
     cfg = agent.config
     log = MetricsLog(run_dir)
     recent: deque[float] = deque(maxlen=20)
@@ -253,46 +305,57 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
             recent.append(episode.score)
             log.episode(steps, episode)
 
-    try:
-        while steps < total:
-            agent.set_progress(steps / total)
-            metrics = None
-            before = steps
-            if agent.on_policy:
-                rollout, new = collector.collect(agent)
-                steps += rollout.actions.numel()
-                finished(new)
-                metrics = agent.learn(rollout)
-                updates += 1
-            else:
-                new = collector.step(agent, replay)
-                steps += env.num_envs
-                finished(new)
-                due = start_updates + max(0, steps - learn_from) // cfg.train_freq
-                while updates < due and replay.can_sample(cfg.n_steps):
-                    metrics = agent.learn(replay.sample(cfg.batch_size, cfg.n_steps, rng, agent.to_tensor, agent.device))
+    def checkpoint() -> None:
+        fmt.save_checkpoint(run_dir, agent, {"steps": steps, "updates": updates,
+                                             "episodes": start_episodes + len(episodes)})
+
+    with _stop_requests(run_dir is not None) as stop_requested:
+        try:
+            if run_dir is not None and start_steps == 0:
+                checkpoint()  # from the first moment on, the run dir loads and resumes
+            while steps < total:
+                agent.set_progress(steps / total)
+                metrics = None
+                before = steps
+                if agent.on_policy:
+                    rollout, new = collector.collect(agent)
+                    steps += rollout.actions.numel()
+                    finished(new)
+                    metrics = agent.learn(rollout)
                     updates += 1
-            elapsed = time.perf_counter() - start
-            sps = (steps - start_steps) / elapsed if elapsed > 0 else 0.0
-            # Checked after every update, before any checkpoint can save a diverged network.
-            if metrics is not None and not all(np.isfinite(v) for v in metrics.values()):
-                bad = ", ".join(k for k, v in metrics.items() if not np.isfinite(v))
-                raise FloatingPointError(f"training diverged at step {steps} (non-finite {bad}); "
-                                         "the last checkpoint is intact")
-            if metrics is not None and updates % log_every == 0:
-                log.update(steps, metrics, sps)
+                else:
+                    new = collector.step(agent, replay)
+                    steps += env.num_envs
+                    finished(new)
+                    due = start_updates + max(0, steps - learn_from) // cfg.train_freq
+                    while updates < due and replay.can_sample(cfg.n_steps):
+                        sample = replay.sample(cfg.batch_size, cfg.n_steps, rng, agent.to_tensor, agent.device)
+                        metrics = agent.learn(sample)
+                        updates += 1
+                elapsed = time.perf_counter() - start
+                sps = (steps - start_steps) / elapsed if elapsed > 0 else 0.0
+                # Checked after every update, before any checkpoint can save a diverged network.
+                if metrics is not None and not all(np.isfinite(v) for v in metrics.values()):
+                    bad = ", ".join(k for k, v in metrics.items() if not np.isfinite(v))
+                    raise FloatingPointError(f"training diverged at step {steps} (non-finite {bad}); "
+                                             "the last checkpoint is intact")
+                if metrics is not None and updates % log_every == 0:
+                    log.update(steps, metrics, sps)
+                if bar is not None:
+                    bar.update(steps - before)
+                    if recent:
+                        bar.set_postfix(sps=f"{sps:.0f}", ret=f"{np.mean(recent):.1f}", refresh=False)
+                if stop_requested:
+                    checkpoint()
+                    raise TrainingInterrupted(steps, stop_requested[0])
+                if run_dir is not None and checkpoint_every and steps - last_checkpoint >= checkpoint_every:
+                    checkpoint()
+                    last_checkpoint = steps
+            agent.set_progress(1.0)
+            if run_dir is not None:
+                checkpoint()
+        finally:
             if bar is not None:
-                bar.update(steps - before)
-                if recent:
-                    bar.set_postfix(sps=f"{sps:.0f}", ret=f"{np.mean(recent):.1f}", refresh=False)
-            if run_dir is not None and checkpoint_every and steps - last_checkpoint >= checkpoint_every:
-                fmt.save_checkpoint(run_dir, agent, {"steps": steps, "updates": updates, "episodes": len(episodes)})
-                last_checkpoint = steps
-        agent.set_progress(1.0)
-        if run_dir is not None:
-            fmt.save_checkpoint(run_dir, agent, {"steps": steps, "updates": updates, "episodes": len(episodes)})
-    finally:
-        if bar is not None:
-            bar.close()
-        log.close()
+                bar.close()
+            log.close()
     return TrainResult(agent, run_dir, steps, episodes, time.perf_counter() - start, start_steps)

@@ -1,0 +1,102 @@
+"""Training survives crashes: SIGKILL at random moments, SIGTERM, a full disk, an unwritable dir."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import equirl
+from equirl.hub import format as fmt
+from equirl.zoo.train import train
+
+TRAIN = [sys.executable, "-m", "equirl", "train", "a3c", "CartPole-v1", "--steps", "150000",
+         "--checkpoint-every", "4096", "--no-progress", "--out"]
+
+
+def checkpoint_steps(run) -> int:
+    return json.loads((run / "checkpoint.json").read_text())["steps"]
+
+
+def test_sigkill_at_random_moments_never_breaks_the_run(tmp_path):
+    run = tmp_path / "run"
+    rng = random.Random(1234)
+    seen = []
+    for kill in range(10):
+        args = TRAIN + [str(run)] + (["--resume"] if (run / "checkpoint.safetensors").exists() else [])
+        before = checkpoint_steps(run) if (run / "checkpoint.json").exists() else -1
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Start-up (imports) takes a varying time on a loaded machine: wait until this process has
+        # written something, then kill it at a random moment of its training.
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline and not (
+                (run / "checkpoint.json").exists() and checkpoint_steps(run) > before):
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 2.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        # After every kill: the run dir loads, and the checkpoint never goes backwards.
+        if (run / "config.json").exists():
+            agent = equirl.load(run)
+            assert agent.act([[0.0, 0.0, 0.0, 0.0]]).shape == (1,)
+            seen.append(checkpoint_steps(run))
+    assert len(seen) == 10
+    assert seen == sorted(seen)
+    assert seen[-1] > seen[0], "no progress across kills"
+    # Finish: the resumed run completes, and every update was logged exactly once.
+    done = subprocess.run(TRAIN + [str(run), "--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert checkpoint_steps(run) >= 150_000
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if '"update"' in line]
+    assert steps == sorted(set(steps)), "a step was counted twice in the metrics"
+
+
+def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(TRAIN + [str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (run / "checkpoint.json").exists() or checkpoint_steps(run) < 4096:
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert "stopped by SIGTERM" in err and "--resume" in err
+    state = json.loads((run / "checkpoint.json").read_text())
+    assert state["steps"] % 128 == 0  # a whole number of updates: the checkpoint sits between two
+    assert equirl.load(run) is not None
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real_write = fmt.write_tensors
+    calls = {"n": 0}
+
+    def failing_write(path, tensors, metadata=None):
+        calls["n"] += 1
+        if calls["n"] > 6:  # three checkpoints succeed (2 files each), then the disk is full
+            raise OSError(28, "No space left on device")
+        real_write(path, tensors, metadata)
+
+    monkeypatch.setattr(fmt, "write_tensors", failing_write)
+    with pytest.raises(OSError, match="No space left"):
+        train("a3c", "CartPole-v1", 20_000, seed=0, out=run, checkpoint_every=1024)
+    assert checkpoint_steps(run) == 2048  # checkpoints at 0, 1024 and 2048 steps
+    assert not [p for p in os.listdir(run) if p.endswith(".tmp")], "a temporary file was left behind"
+    agent = equirl.load(run)
+    fmt.load_checkpoint(run, agent)
+
+
+def test_unwritable_output_is_a_clear_error_before_training(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    proc = subprocess.run([sys.executable, "-m", "equirl", "train", "a3c", "CartPole-v1", "--out",
+                           str(blocker / "run"), "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "cannot write the run directory" in proc.stderr and "Traceback" not in proc.stderr
