@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--device", default="auto")
     exp.add_argument("--out", default="experiments")
     exp.add_argument("--no-progress", action="store_true")
+    zoo = sub.add_parser("zoo", help="the bundled pretrained agents")
+    zoo_sub = zoo.add_subparsers(dest="zoo_command", required=True)
+    zoo_sub.add_parser("list", help="every bundled agent with its stored score")
+    train_all = zoo_sub.add_parser("train-all", help="reproduce every bundled agent from its recipe")
+    train_all.add_argument("--only", nargs="+", default=None, help="names of the agents to retrain")
+    train_all.add_argument("--out", default=None, help="write here instead of into the package")
     from .evaluation.commands import register
 
     register(sub)  # evaluate, record
@@ -67,13 +73,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _push(args, parser) -> int:
+    from .evaluation.evaluate import EvaluationError
+    from .evaluation.video import VideoError
     from .hub.publish import PushError, push
 
     try:
         where = push(args.run_dir, args.target, private=args.private, commit_message=args.message)
     except PushError as err:
         parser.exit(2, f"equirl push: error: {err}\n")
+    except (EvaluationError, VideoError, OSError) as err:
+        # Making the missing results.json / replay.mp4 failed: nothing was pushed.
+        print(f"equirl push: error: {err}; nothing was pushed", file=sys.stderr)
+        return 1
     print(f"pushed {args.run_dir} -> {where}")
+    return 0
+
+
+def _zoo(args) -> int:
+    from .zoo import bundled
+
+    if args.zoo_command == "list":
+        rows = bundled.listing()
+        print("| name | Hub name | agent | env | score (mean ± std, episodes) |\n|---|---|---|---|---|")
+        for r in rows:
+            score = f"{r['mean']:.2f} ± {r['std']:.2f} ({r['episodes']})" if r["mean"] is not None else "not evaluated"
+            print(f"| {r['name']} | {r['hub_name']} | {r['agent']} | {r['env_id']} | {score} |")
+        return 0
+    out = Path(args.out) if args.out else bundled.PRETRAINED_DIR
+    bundled.train_all(out, only=args.only)
     return 0
 
 
@@ -151,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         return _experiment(args, parser)
     elif args.command == "push":
         return _push(args, parser)
+    elif args.command == "zoo":
+        return _zoo(args)
     elif args.command in ("evaluate", "record"):
         from .evaluation.commands import run
 

@@ -58,7 +58,7 @@ class ActorCriticConfig:
             "reference": self.reference in ("uniform", "none"), "value_coef": self.value_coef >= 0.0,
             "optimizer": self.optimizer in ("rmsprop", "adam"), "lr": self.lr > 0.0,
             "eps": self.eps > 0.0, "max_grad_norm": self.max_grad_norm >= 0.0,
-            "rms_alpha": 0.0 < self.rms_alpha < 1.0,
+            "rms_alpha": 0.0 < self.rms_alpha < 1.0, "hidden": len(self.hidden) >= 1 and min(self.hidden) >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -84,14 +84,17 @@ class ActorCriticAgent(Agent):
                  device="cpu", seed: int = 0):
         config.validate()
         super().__init__(config, obs_info, num_actions, network_spec, device, seed)
-        self.network = ActorCriticNetwork(network_spec["trunk"], num_actions, shared=config.shared_trunk)
-        self.network.to(device=self.device, dtype=self.dtype)
+        self.network = self.build_network(config, network_spec, num_actions).to(device=self.device, dtype=self.dtype)
         self.log_ref = losses.log_reference(num_actions, config.reference)
         params = self.network.parameters()
         if config.optimizer == "rmsprop":
             self.optimizer = torch.optim.RMSprop(params, lr=config.lr, alpha=config.rms_alpha, eps=config.eps)
         else:
             self.optimizer = torch.optim.Adam(params, lr=config.lr, eps=config.eps)
+
+    @staticmethod
+    def build_network(config: ActorCriticConfig, network_spec: dict, num_actions: int) -> ActorCriticNetwork:
+        return ActorCriticNetwork(network_spec["trunk"], num_actions, shared=config.shared_trunk)
 
     def action_logits(self, obs: Tensor) -> Tensor:
         return self.network(obs)[0]

@@ -93,6 +93,12 @@ class Agent:
         self.generator.manual_seed(seed)
         self.progress = 0.0
 
+    @staticmethod
+    def build_network(config: Any, network_spec: dict, num_actions: int) -> nn.Module:
+        """The agent's network as its config and network spec describe it (loaders build it on
+        the meta device to learn the weight shapes without allocating)."""
+        raise NotImplementedError
+
     # ---- acting ----------------------------------------------------------------------
     def action_logits(self, obs: Tensor) -> Tensor:
         """Unnormalised log-probabilities of the behaviour policy, ``[N, A]``."""

@@ -82,7 +82,7 @@ class SoftQConfig:
             "exploration": self.exploration in ("boltzmann", "epsilon_greedy"),
             "eps_start": 0.0 <= self.eps_start <= 1.0, "eps_end": 0.0 <= self.eps_end <= 1.0,
             "eps_fraction": 0.0 < self.eps_fraction <= 1.0, "lr": self.lr > 0.0, "eps": self.eps > 0.0,
-            "max_grad_norm": self.max_grad_norm >= 0.0,
+            "max_grad_norm": self.max_grad_norm >= 0.0, "hidden": len(self.hidden) >= 1 and min(self.hidden) >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -98,11 +98,15 @@ class SoftQ(Agent):
                  device="cpu", seed: int = 0):
         config.validate()
         super().__init__(config, obs_info, num_actions, network_spec, device, seed)
-        self.network = QNetwork(network_spec["trunk"], num_actions).to(device=self.device, dtype=self.dtype)
+        self.network = self.build_network(config, network_spec, num_actions).to(device=self.device, dtype=self.dtype)
         self.target = copy.deepcopy(self.network).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.lr, eps=config.eps)
         self.log_ref = losses.log_reference(num_actions, config.reference)
         self.updates = 0
+
+    @staticmethod
+    def build_network(config: SoftQConfig, network_spec: dict, num_actions: int) -> QNetwork:
+        return QNetwork(network_spec["trunk"], num_actions)
 
     # ---- acting ----------------------------------------------------------------------
     def epsilon(self) -> float:

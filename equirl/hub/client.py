@@ -23,11 +23,12 @@ from urllib.parse import urlparse
 import torch
 
 from ..agents import AGENTS, Agent, ObsInfo
+from ..zoo.bundled import find as find_bundled
+from ..zoo.bundled import listing as bundled_listing
 from . import format as fmt
 from . import schema
 from .format import FormatError
 
-PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "zoo" / "pretrained"
 REPO_FILES = [fmt.CONFIG_FILE, fmt.WEIGHTS_FILE, "results.json", "README.md", "replay.mp4"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 MAX_WEIGHTS_BYTES = 4 << 30
@@ -69,8 +70,7 @@ def hub_reachable(timeout: float = 1.5) -> bool:
 
 
 def bundled_names() -> list[str]:
-    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / fmt.CONFIG_FILE).exists()) \
-        if PRETRAINED_DIR.is_dir() else []
+    return [row["name"] for row in bundled_listing()]
 
 
 def resolve(source: str, revision: str | None = None) -> tuple[Path, Path]:
@@ -80,9 +80,9 @@ def resolve(source: str, revision: str | None = None) -> tuple[Path, Path]:
     path = Path(source).expanduser()
     if path.is_dir():
         return path, path.resolve()
-    name = source.removeprefix("equirl/")
-    if revision is None and (PRETRAINED_DIR / name / fmt.CONFIG_FILE).exists():
-        return PRETRAINED_DIR / name, PRETRAINED_DIR.resolve()
+    bundled = find_bundled(source) if revision is None else None
+    if bundled is not None:
+        return bundled, bundled.resolve()
     repo_id, _, at = source.partition("@")
     revision = revision or at or None
     if not _REPO_ID.match(repo_id):
@@ -159,7 +159,7 @@ def read_weights_strict(path: Path, expected: dict[str, torch.Tensor]) -> dict[s
                               f"{size}-byte file)")
         try:
             header = json.loads(f.read(header_len).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # JSONDecodeError is a ValueError
             raise FormatError(f"{path.name} is not a safetensors file (unreadable header)") from None
     if not isinstance(header, dict):
         raise FormatError(f"{path.name}: safetensors header is not an object")
@@ -178,9 +178,9 @@ def read_weights_strict(path: Path, expected: dict[str, torch.Tensor]) -> dict[s
     missing = sorted(set(expected) - set(header))
     unexpected = sorted(set(header) - set(expected))
     if missing:
-        raise FormatError(f"{path.name}: missing tensor(s) {', '.join(missing)}")
+        raise FormatError(f"{path.name}: missing tensor(s) {', '.join(map(repr, missing))}")
     if unexpected:
-        raise FormatError(f"{path.name}: unexpected tensor(s) {', '.join(unexpected[:5])}")
+        raise FormatError(f"{path.name}: unexpected tensor(s) {', '.join(map(repr, unexpected[:5]))}")
     for name, reference in expected.items():
         if tuple(header[name]["shape"]) != tuple(reference.shape):
             raise FormatError(f"{path.name}: tensor {name} has shape {tuple(header[name]['shape'])}, the config's "
@@ -213,9 +213,15 @@ def load(source: str | os.PathLike, *, revision: str | None = None, device: str 
     try:
         config_path = read_inside(folder, fmt.CONFIG_FILE, root, schema.MAX_CONFIG_BYTES)
         config = schema.parse_config_bytes(config_path.read_bytes())
-        agent = agent_from_config(config, device)
         weights_path = read_inside(folder, fmt.WEIGHTS_FILE, root, MAX_WEIGHTS_BYTES)
-        agent.load_weights(read_weights_strict(weights_path, agent.weights()))
+        # Check the weights against the network's shapes on the meta device (no memory), so a
+        # config describing a big network is refused before anything big is allocated.
+        with torch.device("meta"):
+            expected = AGENTS[config["agent"]].build_network(
+                config["agent_config"], config["network"], config["network"]["num_actions"]).state_dict()
+        weights = read_weights_strict(weights_path, expected)
+        agent = agent_from_config(config, device)
+        agent.load_weights(weights)
     except FormatError as err:
         raise LoadError(f"{source}: {err}") from None
     agent.source_dir = folder

@@ -31,7 +31,12 @@ ALE_FIELDS: dict[str, type] = {
 
 def _is(value: Any, kind: type) -> bool:
     if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return False
+        try:
+            return math.isfinite(float(value))
+        except OverflowError:  # an integer with hundreds of digits
+            return False
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, kind)
@@ -57,6 +62,8 @@ def parse_config_bytes(raw: bytes) -> dict:
         raise FormatError(f"config.json is not valid JSON: {err.msg} (line {err.lineno})") from None
     except RecursionError:
         raise FormatError("config.json is nested too deeply") from None
+    except ValueError as err:  # e.g. an integer literal longer than Python converts
+        raise FormatError(f"config.json holds a value that cannot be read: {str(err)[:120]}") from None
     return validate_config(data)
 
 
@@ -94,11 +101,11 @@ def _agent_config(agent_id: str, values: dict):
     clean = {}
     for key, value in values.items():
         if key not in fields:
-            raise FormatError(f"config.json: hyperparameters.{key} is not a {agent_id} hyperparameter")
+            raise FormatError(f"config.json: hyperparameters.{key!r} is not a {agent_id} hyperparameter")
         default = getattr(defaults, key)
         if isinstance(default, tuple):
-            if not isinstance(value, list) or not all(_is(v, int) and 0 < v <= MAX_WIDTH for v in value):
-                raise FormatError(f"config.json: hyperparameters.{key} must be a list of positive ints")
+            if not isinstance(value, list) or not value or not all(_is(v, int) and 0 < v <= MAX_WIDTH for v in value):
+                raise FormatError(f"config.json: hyperparameters.{key} must be a non-empty list of positive ints")
             value = tuple(value)
         elif not _is(value, type(default)):
             raise FormatError(f"config.json: hyperparameters.{key} must be {type(default).__name__}, "
@@ -131,8 +138,8 @@ def _network(network: dict) -> dict:
                               f"0 < features <= {MAX_WIDTH}, got {shape} / {features}")
     elif kind == "mlp":
         hidden = _need(trunk, "hidden", list, "network.trunk.")
-        if not all(_is(n, int) and 0 < n <= MAX_WIDTH for n in hidden) or len(hidden) > 16:
-            raise FormatError(f"config.json: network.trunk.hidden must be up to 16 widths in 1..{MAX_WIDTH}")
+        if not all(_is(n, int) and 0 < n <= MAX_WIDTH for n in hidden) or not 1 <= len(hidden) <= 16:
+            raise FormatError(f"config.json: network.trunk.hidden must be 1 to 16 widths in 1..{MAX_WIDTH}")
     else:
         raise FormatError(f"config.json: network.trunk.kind must be 'nature_cnn' or 'mlp', got {kind!r}")
     return network
@@ -171,12 +178,12 @@ def _env(env: dict) -> dict:
     _need(env, "reward_clipping", bool, "env.")
     unknown = sorted(set(env) - {f.name for f in dataclasses.fields(EnvSpec)})
     if unknown:
-        raise FormatError(f"config.json: unknown env field(s): {', '.join(unknown)}")
+        raise FormatError(f"config.json: unknown env field(s): {', '.join(map(repr, unknown))}")
     if kind == "atari":
         ale = _need(env, "ale", dict, "env.")
         for key, value in ale.items():
             if key not in ALE_FIELDS:
-                raise FormatError(f"config.json: env.ale.{key} is not an ALE setting equirl knows")
+                raise FormatError(f"config.json: env.ale.{key!r} is not an ALE setting equirl knows")
             if not _is(value, ALE_FIELDS[key]):
                 raise FormatError(f"config.json: env.ale.{key} must be {ALE_FIELDS[key].__name__}")
         for key in ALE_FIELDS:
