@@ -4,8 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .agents import AGENTS, A3C, Agent, EntropyPG, MatchedQ, SoftQ  # noqa: E402
-from .evaluation.evaluate import evaluate  # noqa: E402
-from .hub.client import LoadError, load  # noqa: E402
+from .agents import A3C, AGENTS, Agent, EntropyPG, MatchedQ, SoftQ
+from .evaluation.evaluate import evaluate
+from .hub.client import LoadError, load
 
-__all__ = ["__version__", "AGENTS", "Agent", "A3C", "EntropyPG", "MatchedQ", "SoftQ", "LoadError", "evaluate", "load"]
+__all__ = ["A3C", "AGENTS", "Agent", "EntropyPG", "LoadError", "MatchedQ", "SoftQ", "__version__", "evaluate", "load"]

@@ -152,7 +152,7 @@ def test_bootstrap_cases_are_exercised():
                         to_tensor=torch.as_tensor, device="cpu")
     windows = set(check_sample(sample, log, N_STEPS, 400))
     # Starts 0..6 (window + bootstrap within the 10 stored steps) for both envs.
-    assert windows == {(e, s) for e in range(NUM_ENVS) for s in range(0, 7)}
+    assert windows == {(e, s) for e in range(NUM_ENVS) for s in range(7)}
     boot = {(int(o[0]), int(o[1])): b for o, b in zip(sample.obs.numpy(), sample.bootstrap_obs.numpy())}
     np.testing.assert_array_equal(boot[(0, 0)], [0, 3, 1])   # terminal at 2 -> next obs (reset)
     np.testing.assert_array_equal(boot[(0, 3)], [0, 5, -1])  # truncated at 5 -> final obs

@@ -9,5 +9,18 @@ from .soft_q import SoftQ, SoftQConfig
 
 AGENTS: dict[str, type[Agent]] = {cls.agent_id: cls for cls in (SoftQ, EntropyPG, A3C, MatchedQ)}
 
-__all__ = ["AGENTS", "Agent", "ObsInfo", "ReplaySample", "Rollout", "A3C", "A3CConfig", "EntropyPG",
-           "EntropyPGConfig", "MatchedQ", "MatchedQConfig", "SoftQ", "SoftQConfig"]
+__all__ = [
+           "A3C",
+           "AGENTS",
+           "A3CConfig",
+           "Agent",
+           "EntropyPG",
+           "EntropyPGConfig",
+           "MatchedQ",
+           "MatchedQConfig",
+           "ObsInfo",
+           "ReplaySample",
+           "Rollout",
+           "SoftQ",
+           "SoftQConfig",
+]

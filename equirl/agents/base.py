@@ -155,7 +155,7 @@ class Agent:
 
     # ---- the Hub (lazy imports: the agents do not depend on the hub or env code) -----------
     @classmethod
-    def from_pretrained(cls, source: str, *, revision: str | None = None, device="cpu") -> "Agent":
+    def from_pretrained(cls, source: str, *, revision: str | None = None, device="cpu") -> Agent:
         """Load from a folder, the bundled zoo or a Hugging Face repo id (``equirl.load``)."""
         from ..hub.client import load
 

@@ -4,7 +4,7 @@ is fully described by the JSON ``network`` block of a run's config.json (see :fu
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn

@@ -81,11 +81,11 @@ def listing() -> list[dict]:
 
 def train_all(out: Path = PRETRAINED_DIR, only: list[str] | None = None, log=print) -> list[Path]:
     """Train, evaluate (30 episodes) and record every recipe, writing complete repo folders."""
+    import torch
+
     from ..evaluation.publishing import ensure_results, ensure_video
     from ..hub.publish import push
     from .train import train
-
-    import torch
 
     # One intra-op thread, as in tests/test_learning.py: with a fixed seed the result then does not
     # depend on the core count (reductions split across threads round differently).

@@ -51,7 +51,7 @@ class EnvSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "EnvSpec":
+    def from_dict(cls, data: dict) -> EnvSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
