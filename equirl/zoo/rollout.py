@@ -65,9 +65,10 @@ class OnPolicyCollector:
         final_index: list[tuple[int, int]] = []
         clip = self.env.spec.reward_clipping
         for t in range(self.n_steps):
+            # Stored before stepping: correct even for an env that reuses its observation buffer.
+            self._obs[t] = self.obs
             actions = agent.act(self.obs)
             step = self.env.step(actions)
-            self._obs[t] = self.obs
             self._actions[t] = actions
             self._rewards[t] = training_rewards(step, clip)
             self._terminated[t] = step.terminated
