@@ -58,12 +58,14 @@ class ObsInfo:
     dtype: str  # numpy dtype name, e.g. "uint8", "float32"
 
 
-def config_from_dict(cls: type, values: dict) -> Any:
-    """Build a config dataclass from plain values, rejecting unknown names."""
+def dataclass_from_dict(cls: type, values: dict, error: type[Exception] = ValueError, what: str = "") -> Any:
+    """Build a dataclass (a config, an env spec, a protocol) from plain values, rejecting
+    unknown names with ``error``."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        raise error(f"unknown {what or cls.__name__} field(s): {', '.join(map(repr, unknown))}; "
+                    f"known: {', '.join(sorted(names))}")
     return cls(**values)
 
 

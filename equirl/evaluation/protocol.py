@@ -15,6 +15,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from ..agents.base import dataclass_from_dict
 from ..zoo.envs import EnvSpec, spec_from_id
 
 MAX_SEED = 2**31 - 1  # the emulators take 32-bit seeds
@@ -79,11 +80,7 @@ class Protocol:
 
     @classmethod
     def from_dict(cls, data: dict) -> Protocol:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ProtocolError(f"unknown protocol field(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, ProtocolError, "protocol")
 
     def env_spec(self, base: EnvSpec | str) -> EnvSpec:
         """The spec to evaluate on: ``base`` (a recorded spec, or an id as

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 import numpy as np
 
-from ..agents.base import ObsInfo
+from ..agents.base import ObsInfo, dataclass_from_dict
 
 try:  # ale-py registers the ALE/... and ...NoFrameskip-v4 ids
     import ale_py
@@ -52,11 +52,7 @@ class EnvSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> EnvSpec:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise EnvError(f"unknown env spec field(s): {', '.join(unknown)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, EnvError, "env spec")
 
 
 def _registry_spec(env_id: str) -> gym.envs.registration.EnvSpec:

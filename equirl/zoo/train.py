@@ -27,7 +27,7 @@ import torch
 
 from .. import __version__
 from ..agents import AGENTS, Agent
-from ..agents.base import config_from_dict
+from ..agents.base import dataclass_from_dict
 from ..agents.networks import default_trunk_spec
 from ..hub import format as fmt
 from . import presets
@@ -267,7 +267,7 @@ def _resume_setup(agent_id, env_id, run_dir, overrides, config_values):
     values = {k: tuple(v) if isinstance(getattr(defaults, k, None), tuple) else v
               for k, v in saved["hyperparameters"].items()}
     try:
-        config = config_from_dict(config_cls, values)
+        config = dataclass_from_dict(config_cls, values)
         config.validate()
     except (TypeError, ValueError) as err:
         raise TrainError(f"--resume: {run_dir}/config.json: {err}") from None
