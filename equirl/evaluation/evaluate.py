@@ -28,7 +28,7 @@ from ..hub import format as fmt
 from ..zoo.envs import EnvSpec, make_vector_env, rom_md5, spec_from_id
 from .protocol import HUMAN_REFERENCE, Protocol, ProtocolError, human_normalized
 
-RESULTS_FILE = "results.json"
+RESULTS_FILE = fmt.RESULTS_FILE
 RESULTS_FORMAT_VERSION = 1
 MAX_RESULTS_BYTES = 16 << 20  # 30 episodes take about 4 KB; a repo's file is read only up to this
 

@@ -29,7 +29,6 @@ from . import format as fmt
 from . import schema
 from .format import FormatError
 
-REPO_FILES = [fmt.CONFIG_FILE, fmt.WEIGHTS_FILE, "results.json", "README.md", "replay.mp4"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 MAX_WEIGHTS_BYTES = 4 << 30
 MAX_HEADER_BYTES = 16 << 20
@@ -108,7 +107,7 @@ def _download(repo_id: str, revision: str | None) -> Path:
     offline = _offline_requested() or not hub_reachable()
     where = f"{repo_id}@{revision}" if revision else repo_id
     try:
-        folder = snapshot_download(repo_id, revision=revision, allow_patterns=REPO_FILES, local_files_only=offline,
+        folder = snapshot_download(repo_id, revision=revision, allow_patterns=list(fmt.REPO_FILES), local_files_only=offline,
                                    library_name="equirl", library_version=__version__, etag_timeout=5)
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if _offline_requested() else "the Hugging Face Hub cannot be reached"

@@ -23,6 +23,16 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_TENSORS = "checkpoint.safetensors"
 CHECKPOINT_STATE = "checkpoint.json"
+RESULTS_FILE = "results.json"
+VIDEO_FILE = "replay.mp4"
+CARD_FILE = "README.md"
+# What a complete repo holds, on disk, in the bundled zoo and on the Hub.
+REPO_FILES = (CONFIG_FILE, WEIGHTS_FILE, RESULTS_FILE, VIDEO_FILE, CARD_FILE)
+
+
+def repo_name(agent_id: str, env_id: str) -> str:
+    """``a3c`` + ``ALE/Pong-v5`` -> ``a3c-ALE-Pong-v5`` (the Hub zoos' convention: '/' -> '-')."""
+    return f"{agent_id}-{env_id.replace('/', '-')}"
 
 
 class FormatError(ValueError):

@@ -15,19 +15,11 @@ from . import format as fmt
 from .card import render_card
 from .client import LoadError, load
 
-RESULTS_FILE = "results.json"
-VIDEO_FILE = "replay.mp4"
-CARD_FILE = "README.md"
-PUSHED_FILES = (fmt.CONFIG_FILE, fmt.WEIGHTS_FILE, RESULTS_FILE, VIDEO_FILE, CARD_FILE)
+RESULTS_FILE, CARD_FILE, PUSHED_FILES = fmt.RESULTS_FILE, fmt.CARD_FILE, fmt.REPO_FILES
 
 
 class PushError(RuntimeError):
     """A push that cannot happen, with the reason in one line."""
-
-
-def repo_name(agent_id: str, env_id: str) -> str:
-    """``a3c`` + ``ALE/Pong-v5`` -> ``a3c-ALE-Pong-v5`` (the Hub zoos' convention: '/' -> '-')."""
-    return f"{agent_id}-{env_id.replace('/', '-')}"
 
 
 def save_pretrained(agent, folder: str | os.PathLike) -> Path:

@@ -28,7 +28,7 @@ class Recipe:
 
     @property
     def name(self) -> str:
-        return f"{self.agent}-{self.env_id.replace('/', '-')}"
+        return fmt.repo_name(self.agent, self.env_id)
 
 
 # CartPole budgets: the classic-control presets reach 500 within them (tests/test_learning.py).
@@ -71,7 +71,8 @@ def listing() -> list[dict]:
         if not (folder / fmt.CONFIG_FILE).is_file():
             continue
         config = fmt.read_json(folder / fmt.CONFIG_FILE)
-        results = fmt.read_json(folder / "results.json") if (folder / "results.json").is_file() else {}
+        results_path = folder / fmt.RESULTS_FILE
+        results = fmt.read_json(results_path) if results_path.is_file() else {}
         summary = results.get("summary", {})
         rows.append({"name": short_name(config["agent"], config["env"]["env_id"]), "hub_name": f"equirl/{folder.name}",
                      "agent": config["agent"], "env_id": config["env"]["env_id"], "mean": summary.get("mean"),

@@ -27,7 +27,6 @@ import torch
 
 from .. import __version__
 from ..agents import AGENTS, Agent
-from ..agents.base import dataclass_from_dict
 from ..agents.networks import default_trunk_spec
 from ..hub import format as fmt
 from . import presets
@@ -258,20 +257,16 @@ def _resume_setup(agent_id, env_id, run_dir, overrides, config_values):
         raise TrainError(f"--resume: {run_dir} holds no checkpoint to resume from")
     if overrides or config_values:
         raise TrainError("--resume continues with the recorded hyperparameters; --set cannot change them")
-    saved = fmt.read_json(run_dir / fmt.CONFIG_FILE)
+    from ..hub.schema import parse_config_bytes
+
+    try:  # the same validation a loaded repo gets
+        saved = parse_config_bytes((run_dir / fmt.CONFIG_FILE).read_bytes())
+    except (OSError, ValueError) as err:
+        raise TrainError(f"--resume: {run_dir}/config.json: {err}") from None
     if saved["agent"] != agent_id or saved["env"]["env_id"] != env_id:
         raise TrainError(f"--resume: {run_dir} is a {saved['agent']} run on {saved['env']['env_id']}, "
                          f"not {agent_id} on {env_id}")
-    config_cls = AGENTS[agent_id].Config
-    defaults = config_cls()
-    values = {k: tuple(v) if isinstance(getattr(defaults, k, None), tuple) else v
-              for k, v in saved["hyperparameters"].items()}
-    try:
-        config = dataclass_from_dict(config_cls, values)
-        config.validate()
-    except (TypeError, ValueError) as err:
-        raise TrainError(f"--resume: {run_dir}/config.json: {err}") from None
-    return config, EnvSpec.from_dict(saved["env"]), int(saved["seed"])
+    return saved["agent_config"], EnvSpec.from_dict(saved["env"]), saved["seed"]
 
 
 def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progress: bool, log_every: int,
