@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -28,6 +29,15 @@ def _fresh_run_dir(base: str) -> str:
     return candidate
 
 
+def _launch_prefix() -> str:
+    """How this process was started, for the recorded command: torchrun sets these variables."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return ""
+    nodes = int(os.environ["WORLD_SIZE"]) // int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    nodes_flag = f"--nnodes {nodes} " if nodes > 1 else ""
+    return f"torchrun {nodes_flag}--nproc-per-node {os.environ.get('LOCAL_WORLD_SIZE', '?')} -m "
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="equirl", description="Entropy-regularized RL agents (Schulman, Chen & Abbeel 2017).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, default=100_000, help="agent steps between checkpoints")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--check-sync-every", type=int, default=100, metavar="UPDATES",
+                       help="under torchrun: compare parameter fingerprints of all ranks every UPDATES updates "
+                            "(0: never)")
     check = sub.add_parser("equivalence", help="measure the paper's equivalence with equirl's own losses and agents")
     check.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     check.add_argument("--updates", type=int, default=200, help="updates of the side-by-side trajectory check")
@@ -153,13 +166,15 @@ def main(argv: list[str] | None = None) -> int:
             result = train(args.agent, args.env_id, args.steps, seed=args.seed, out=out, device=args.device,
                            overrides=_parse_sets(args.sets), progress=not args.no_progress,
                            checkpoint_every=args.checkpoint_every,
-                           command="equirl " + " ".join(shlex.quote(a) for a in argv), resume=args.resume)
+                           command=_launch_prefix() + "equirl " + " ".join(shlex.quote(a) for a in argv),
+                           resume=args.resume, sync_check_every=args.check_sync_every)
         except (TrainError, EnvError, ValueError) as err:
             parser.exit(2, f"equirl train: error: {err}\n")
         except TrainingInterrupted as stop:
-            print(f"equirl train: stopped by {stop.signal_name} at step {stop.steps}; checkpoint saved. "
-                  f"Continue with: equirl train {args.agent} {args.env_id} --steps {args.steps} --out {out} --resume",
-                  file=sys.stderr)
+            if os.environ.get("RANK", "0") == "0":
+                print(f"equirl train: stopped by {stop.signal_name} at step {stop.steps}; checkpoint saved. "
+                      f"Continue with: {_launch_prefix()}equirl train {args.agent} {args.env_id} --steps {args.steps} "
+                      f"--out {out} --resume", file=sys.stderr)
             return 130 if stop.signal_name == "SIGINT" else 143
         except FloatingPointError as err:
             print(f"equirl train: error: {err} ({out})", file=sys.stderr)
@@ -168,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"equirl train: error: writing to {out} failed: {err}; the last complete checkpoint there "
                   f"is intact", file=sys.stderr)
             return 1
+        if os.environ.get("RANK", "0") != "0":
+            return 0  # under torchrun, rank 0 reports for all
         scores = [e.score for e in result.episodes[-20:]]
         mean = f"{sum(scores) / len(scores):.2f} over the last {len(scores)} episodes" if scores else "no episode finished"
         print(f"trained {args.agent} on {args.env_id}: {result.steps} steps in {result.seconds:.1f}s "

@@ -10,6 +10,8 @@ import sys
 import time
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import equirl
 from equirl.hub import format as fmt
@@ -100,3 +102,47 @@ def test_unwritable_output_is_a_clear_error_before_training(tmp_path):
                            str(blocker / "run"), "--no-progress"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "cannot write the run directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("agent,steps,every", [("a3c", 40_960, 2_048), ("soft-q", 6_000, 500)])
+def test_a_killed_and_resumed_run_is_the_uninterrupted_run(tmp_path, agent, steps, every):
+    """On Gymnasium envs the checkpoint holds the env states, observations, running episodes and
+    (soft-q) the replay buffer and its sampling stream: resuming after SIGKILL gives bit-identical
+    parameters and the same episodes as never stopping."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "equirl", "train", agent, "CartPole-v1", "--steps", str(steps),
+            "--checkpoint-every", str(every), "--no-progress", "--out"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run(args + [str(whole)], check=True, capture_output=True, env=env, timeout=600)
+    proc = subprocess.Popen(args + [str(cut)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while not ((cut / "checkpoint.json").exists() and checkpoint_steps(cut) >= steps // 2):
+        assert time.time() < deadline and proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_at = checkpoint_steps(cut)
+    assert killed_at < steps
+    assert json.loads((cut / "checkpoint.json").read_text())["updates"] > 0
+    subprocess.run(args + [str(cut), "--resume"], check=True, capture_output=True, env=env, timeout=600)
+    a = load_file(str(whole / fmt.WEIGHTS_FILE))
+    b = load_file(str(cut / fmt.WEIGHTS_FILE))
+    assert all(torch.equal(a[k], b[k]) for k in a), f"resumed from step {killed_at}, parameters differ"
+
+    def episodes(run):
+        return [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"episode"' in line]
+
+    assert episodes(cut) == episodes(whole) and len(episodes(whole)) > 20
+
+
+def test_a_replay_buffer_too_big_to_save_is_refilled_on_resume(tmp_path, monkeypatch):
+    import equirl.zoo.train as train_module
+
+    monkeypatch.setattr(train_module, "REPLAY_SAVE_LIMIT", 0)  # as an Atari-sized buffer
+    run = tmp_path / "run"
+    train("soft-q", "CartPole-v1", 1200, seed=0, out=run, config_values={"learning_starts": 400})
+    assert "env_state" not in json.loads((run / "checkpoint.json").read_text())
+    train("soft-q", "CartPole-v1", 2400, seed=0, out=run, resume=True)
+    state = json.loads((run / "checkpoint.json").read_text())
+    # 200 updates before the stop; after it the buffer refills for learning_starts steps first.
+    assert (state["steps"], state["updates"]) == (2400, 200 + (2400 - (1200 + 400)) // 4)

@@ -94,6 +94,13 @@ class Agent:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self.progress = 0.0
+        # Data-parallel training (equirl.zoo.distributed) sets these two. ``rows = (offset,
+        # total)``: this process acts for rows offset.. of a batch of ``total`` environments, so it
+        # draws the random numbers of the whole batch (the same on every rank) and keeps its own
+        # rows: N processes then sample exactly the actions one process with all envs would.
+        self.rows: tuple[int, int] | None = None
+        # Called between backward and clipping, e.g. to average gradients over processes.
+        self.reduce_gradients = None
 
     @staticmethod
     def build_network(config: Any, network_spec: dict, num_actions: int) -> nn.Module:
@@ -112,9 +119,20 @@ class Agent:
         # agent's float precision.
         return obs if obs.dtype == torch.uint8 else obs.to(self.dtype)
 
+    def random_rows(self, draw, n: int) -> Tensor:
+        """``draw(rows)`` for this process's ``n`` rows: all ``total`` rows are drawn when
+        :attr:`rows` is set (see there), so the generator advances the same on every rank."""
+        if self.rows is None:
+            return draw(n)
+        offset, total = self.rows
+        if offset + n > total:
+            raise ValueError(f"acting for rows {offset}..{offset + n} of a {total}-row batch")
+        return draw(total)[offset:offset + n]
+
     def sample(self, logits: Tensor) -> Tensor:
         """Draw one action per row from ``softmax(logits)`` with the Gumbel-max trick."""
-        uniform = torch.rand(logits.shape, generator=self.generator, device=logits.device, dtype=logits.dtype)
+        uniform = self.random_rows(lambda rows: torch.rand((rows,) + tuple(logits.shape[1:]), generator=self.generator,
+                                                           device=logits.device, dtype=logits.dtype), len(logits))
         gumbel = -torch.log(-torch.log(uniform.clamp_min(torch.finfo(logits.dtype).tiny)))
         return (logits + gumbel).argmax(dim=-1)
 
@@ -136,6 +154,8 @@ class Agent:
     def clip_and_step(self, loss: Tensor, max_grad_norm: float) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.reduce_gradients is not None:
+            self.reduce_gradients(self.network.parameters())
         norm = nn.utils.clip_grad_norm_(self.network.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
         self.optimizer.step()
         return float(norm)

@@ -134,8 +134,10 @@ class SoftQ(Agent):
 
     def _epsilon_greedy(self, q: Tensor) -> Tensor:
         n, num_actions = q.shape
-        explore = torch.rand(n, generator=self.generator, device=q.device) < self.epsilon()
-        random_actions = torch.randint(num_actions, (n,), generator=self.generator, device=q.device)
+        explore = self.random_rows(lambda rows: torch.rand(rows, generator=self.generator, device=q.device), n)
+        explore = explore < self.epsilon()
+        random_actions = self.random_rows(
+            lambda rows: torch.randint(num_actions, (rows,), generator=self.generator, device=q.device), n)
         return torch.where(explore, random_actions, q.argmax(-1))
 
     @torch.no_grad()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import load_file, save_file
 
 FORMAT_VERSION = 1
@@ -111,8 +111,9 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], info: dict) -> dict:
     return {"state": state, "param_groups": info["param_groups"]}
 
 
-def save_checkpoint(run_dir: Path, agent, trainer_state: dict) -> None:
-    """Write everything needed to resume: weights, extra agent state, optimizer, RNG states.
+def save_checkpoint(run_dir: Path, agent, trainer_state: dict, trainer_tensors: dict | None = None) -> None:
+    """Write everything needed to resume: weights, extra agent state, optimizer, RNG states, and
+    what the training loop adds (env states, the replay buffer: ``trainer_tensors``).
 
     ``model.safetensors`` is written too, so the newest checkpoint is always loadable."""
     run_dir = Path(run_dir)
@@ -120,6 +121,7 @@ def save_checkpoint(run_dir: Path, agent, trainer_state: dict) -> None:
     tensors = {f"model.{k}": v for k, v in agent.weights().items()}
     tensors.update({f"extra.{k}": v for k, v in agent.extra_state().items()})
     tensors.update(optim_tensors)
+    tensors.update({f"trainer.{k}": v for k, v in (trainer_tensors or {}).items()})
     tensors["rng.agent"] = agent.generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     state = {"format_version": FORMAT_VERSION, "optimizer": optim_info, "progress": agent.progress, **trainer_state}
@@ -133,14 +135,19 @@ def save_checkpoint(run_dir: Path, agent, trainer_state: dict) -> None:
 
 def load_checkpoint(run_dir: Path, agent) -> dict:
     """Restore an agent from a run's checkpoint; returns the trainer state saved with it."""
-    run_dir = Path(run_dir)
-    tensors = read_tensors(run_dir / CHECKPOINT_TENSORS, agent.device)
-    with safe_open(str(run_dir / CHECKPOINT_TENSORS), framework="pt") as f:
-        info = json.loads(f.metadata()["state"])
+    return load_checkpoint_bytes((Path(run_dir) / CHECKPOINT_TENSORS).read_bytes(), agent)
+
+
+def load_checkpoint_bytes(data: bytes, agent) -> dict:
+    """:func:`load_checkpoint` from the checkpoint file's bytes (sent between training ranks)."""
+    tensors = {k: v.to(agent.device) for k, v in safetensors_load(data).items()}
+    header_size = int.from_bytes(data[:8], "little")
+    info = json.loads(json.loads(data[8:8 + header_size])["__metadata__"]["state"])
     agent.load_weights({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     agent.load_extra_state({k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")})
     agent.optimizer.load_state_dict(optimizer_from_flat(tensors, info["optimizer"]))
     agent.generator.set_state(tensors["rng.agent"].cpu())
     torch.set_rng_state(tensors["rng.torch"].cpu())
     agent.set_progress(info["progress"])
+    info["tensors"] = {k[len("trainer."):]: v.cpu() for k, v in tensors.items() if k.startswith("trainer.")}
     return info

@@ -151,8 +151,59 @@ class VectorEnv:
                 final = filled
         return Step(obs, np.asarray(rewards, dtype=np.float32), terminated, truncated, final)
 
+    # ---- saving and restoring (exact resume) ------------------------------------------
+    @property
+    def can_save_state(self) -> bool:
+        """Gymnasium envs can be saved; ale-py's C++ vector env has no clone/restore of its
+        emulators, so an Atari resume restarts the games with new seeds."""
+        return self.spec.kind == "gymnasium"
+
+    def get_state(self) -> list[dict]:
+        """Every sub-env's state as JSON-able data: the plain fields (numbers, strings, arrays) of
+        the env and each of its wrappers, and the state of its random generator."""
+        if not self.can_save_state:
+            raise EnvError(f"{self.spec.env_id}: the environment state cannot be saved")
+        return [[_plain_fields(layer) for layer in _layers(env)] for env in self._env.envs]
+
+    def set_state(self, state: list[dict]) -> None:
+        if not self.can_save_state or len(state) != self.num_envs:
+            raise EnvError(f"{self.spec.env_id}: saved state of {len(state)} envs does not fit {self.num_envs}")
+        for env, layers in zip(self._env.envs, state):
+            for layer, fields in zip(_layers(env), layers, strict=True):
+                _restore_fields(layer, fields)
+
     def close(self) -> None:
         self._env.close()
+
+
+def _layers(env) -> list:
+    """The wrapper chain down to the base env."""
+    out = [env]
+    while hasattr(out[-1], "env"):
+        out.append(out[-1].env)
+    return out
+
+
+def _plain_fields(obj) -> dict:
+    fields = {}
+    for name, value in vars(obj).items():
+        if isinstance(value, np.random.Generator):
+            fields[name] = {"generator": value.bit_generator.state}
+        elif isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+            fields[name] = {"array": value.tolist(), "dtype": value.dtype.name, "shape": list(value.shape)}
+        elif value is None or isinstance(value, (bool, int, float, str, np.number, np.bool_)):
+            fields[name] = {"value": value.item() if isinstance(value, (np.number, np.bool_)) else value}
+    return fields
+
+
+def _restore_fields(obj, fields: dict) -> None:
+    for name, saved in fields.items():
+        if "generator" in saved:
+            getattr(obj, name).bit_generator.state = saved["generator"]
+        elif "array" in saved:
+            setattr(obj, name, np.array(saved["array"], dtype=saved["dtype"]).reshape(saved["shape"]))
+        else:
+            setattr(obj, name, saved["value"])
 
 
 def make_vector_env(spec: EnvSpec | str, num_envs: int) -> VectorEnv:

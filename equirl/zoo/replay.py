@@ -46,6 +46,34 @@ class ReplayBuffer:
             self.final_obs[(slot, int(env))] = final_obs[env].copy()
         self.written += 1
 
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.obs, self.actions, self.rewards, self.kl, self.terminated, self.truncated))
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The whole buffer as tensors, for a checkpoint."""
+        keys = sorted(self.final_obs)
+        finals = (np.stack([self.final_obs[k] for k in keys]) if keys
+                  else np.zeros((0,) + self.obs.shape[2:], dtype=self.obs.dtype))
+        arrays = {"obs": self.obs, "actions": self.actions, "rewards": self.rewards, "kl": self.kl,
+                  "terminated": self.terminated, "truncated": self.truncated,
+                  "final_keys": np.array(keys, dtype=np.int64).reshape(-1, 2), "final_obs": finals,
+                  "written": np.array([self.written], dtype=np.int64)}
+        return {f"replay.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        for name in ("obs", "actions", "rewards", "kl", "terminated", "truncated"):
+            saved = tensors[f"replay.{name}"].numpy()
+            target = getattr(self, name)
+            if saved.shape != target.shape or saved.dtype != target.dtype:
+                raise ValueError(f"saved replay {name} is {saved.dtype}{list(saved.shape)}, "
+                                 f"expected {target.dtype}{list(target.shape)}")
+            target[...] = saved
+        keys = tensors["replay.final_keys"].numpy()
+        finals = tensors["replay.final_obs"].numpy()
+        self.final_obs = {(int(s), int(e)): finals[i].copy() for i, (s, e) in enumerate(keys)}
+        self.written = int(tensors["replay.written"][0])
+
     def can_sample(self, n_steps: int) -> bool:
         return self.written - 1 - n_steps >= max(0, self.written - self.slots)
 

@@ -44,7 +44,21 @@ def training_rewards(step: Step, clip: bool) -> np.ndarray:
     return np.sign(step.rewards) if clip else step.rewards
 
 
-class OnPolicyCollector:
+class CollectorState:
+    """The observation each env is at and its running episode: saved for an exact resume."""
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"collector.obs": torch.from_numpy(np.ascontiguousarray(self.obs)),
+                "collector.returns": torch.from_numpy(self.tracker.returns.copy()),
+                "collector.lengths": torch.from_numpy(self.tracker.lengths.copy())}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.obs = tensors["collector.obs"].numpy().astype(self.obs.dtype).reshape(self.obs.shape)
+        self.tracker.returns[:] = tensors["collector.returns"].numpy()
+        self.tracker.lengths[:] = tensors["collector.lengths"].numpy()
+
+
+class OnPolicyCollector(CollectorState):
     """Collects ``n_steps`` x ``num_envs`` segments with the current policy."""
 
     def __init__(self, env: VectorEnv, n_steps: int, seed: int):
@@ -91,7 +105,7 @@ class OnPolicyCollector:
         return rollout, episodes
 
 
-class ReplayCollector:
+class ReplayCollector(CollectorState):
     """Steps every environment once with the behaviour policy and stores the transitions."""
 
     def __init__(self, env: VectorEnv, seed: int):

@@ -30,9 +30,14 @@ from ..agents import AGENTS, Agent
 from ..agents.networks import default_trunk_spec
 from ..hub import format as fmt
 from . import presets
+from .distributed import DistributedError, Ranks
 from .envs import EnvSpec, make_vector_env, spec_from_id
 from .replay import ReplayBuffer
 from .rollout import Episode, OnPolicyCollector, ReplayCollector
+
+# Replay buffers up to this size are saved in every checkpoint (CartPole's 50k transitions take
+# about 1.6 MB); Atari's are refilled after a resume instead.
+REPLAY_SAVE_LIMIT = 256 * 2**20
 
 
 class TrainError(ValueError):
@@ -124,6 +129,10 @@ class MetricsLog:
             self.tb.add_scalar("episode/return", episode.score, step)
             self.tb.add_scalar("episode/length", episode.length, step)
 
+    def record(self, entry: dict) -> None:
+        if self.file:
+            self.file.write(json.dumps(entry) + "\n")
+
     def update(self, step: int, metrics: dict[str, float], sps: float) -> None:
         if self.file:
             self.file.write(json.dumps({"kind": "update", "step": step, "sps": round(sps, 1), **metrics}) + "\n")
@@ -140,7 +149,7 @@ class MetricsLog:
 def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | Path | None = None,
           device: str = "auto", overrides: dict[str, str] | None = None, config_values: dict | None = None,
           progress: bool = False, log_every: int = 100, checkpoint_every: int = 0,
-          command: str | None = None, resume: bool = False) -> TrainResult:
+          command: str | None = None, resume: bool = False, sync_check_every: int = 100) -> TrainResult:
     """Train ``agent_id`` on ``env_id`` for ``steps`` agent steps (transitions, all envs counted).
 
     Everything is checked before anything is written: a bad argument raises :class:`TrainError`
@@ -148,8 +157,15 @@ def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | P
 
     ``resume=True`` continues the run in ``out`` from its last checkpoint, with the config, env
     spec and seed recorded there, until ``steps`` in total. Restored: weights, optimizer, RNG
-    states, step and update counters. Not restored: the emulator state (environments restart
-    with new seeds) and soft-q's replay buffer (refilled for ``learning_starts`` steps first).
+    states, step and update counters, and on Gymnasium envs in a single process also the env
+    states, observations, running episodes and soft-q's replay buffer: the resumed run is then the
+    uninterrupted one. Atari emulators cannot be saved (the games restart with new seeds, and
+    soft-q refills its buffer for ``learning_starts`` steps).
+
+    Under ``torchrun`` (WORLD_SIZE > 1) this is one rank of a data-parallel run (see
+    :mod:`equirl.zoo.distributed`): ``num_envs``, and soft-q's ``buffer_size`` and
+    ``batch_size``, are split over the ranks, gradients are averaged, rank 0 alone writes
+    ``out``, and every ``sync_check_every`` updates the ranks compare parameter fingerprints.
     """
     if agent_id not in AGENTS:
         close = difflib.get_close_matches(agent_id, list(AGENTS), n=1, cutoff=0.5)
@@ -158,41 +174,76 @@ def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | P
     if steps <= 0:
         raise TrainError(f"--steps must be positive, got {steps}")
     run_dir = Path(out) if out is not None else None
+    ranks = Ranks.from_environment()
+    torch_device = ranks.device(resolve_device(device))
+    ranks.start(torch_device)
+    try:
+        return _train(agent_id, env_id, steps, seed, run_dir, torch_device, ranks, overrides, config_values,
+                      progress, log_every, checkpoint_every, command, resume, sync_check_every)
+    finally:
+        ranks.stop()
+
+
+def _train(agent_id, env_id, steps, seed, run_dir, torch_device, ranks, overrides, config_values,
+           progress, log_every, checkpoint_every, command, resume, sync_check_every) -> TrainResult:
+    checkpoint_bytes = None
     if resume:
-        config, spec, seed = _resume_setup(agent_id, env_id, run_dir, overrides, config_values)
+        config, spec, seed, checkpoint_bytes = _resume_setup(agent_id, env_id, run_dir, overrides, config_values,
+                                                             ranks, torch_device)
     else:
         spec = spec_from_id(env_id)
         try:
             config = presets.make_config(agent_id, presets.family_of(spec.kind), overrides, **(config_values or {}))
         except (TypeError, ValueError) as err:
             raise TrainError(str(err)) from None
-        if run_dir is not None and (run_dir / fmt.CONFIG_FILE).exists():
+        if ranks.is_main and run_dir is not None and (run_dir / fmt.CONFIG_FILE).exists():
             raise TrainError(f"{run_dir} already holds a run (config.json); choose another --out or --resume")
-    torch_device = resolve_device(device)
+    try:
+        local_envs = ranks.split(config.num_envs, "num_envs")
+        if not agent_on_policy(agent_id):
+            ranks.split(config.buffer_size, "buffer_size")
+            ranks.split(config.batch_size, "batch_size")
+    except DistributedError as err:
+        raise TrainError(str(err)) from None
+    if not ranks.is_main:
+        run_dir = None  # rank 0 alone writes the run directory
 
-    env = make_vector_env(spec, config.num_envs)
+    env = make_vector_env(spec, local_envs)
     try:
         agent = build_agent(agent_id, config, spec, env.obs_info, env.num_actions, torch_device, seed)
         start = {"steps": 0, "updates": 0}
         if resume:
-            start = fmt.load_checkpoint(run_dir, agent)
+            start = fmt.load_checkpoint_bytes(checkpoint_bytes, agent)
         elif run_dir is not None:
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 fmt.write_json(run_dir / fmt.CONFIG_FILE, run_config(
-                    agent, {"total_steps": steps, "device": str(torch_device), "command": command}))
+                    agent, {"total_steps": steps, "device": str(torch_device), "command": command,
+                            "processes": ranks.world}))
             except OSError as err:
                 raise TrainError(f"cannot write the run directory {run_dir}: {err.strerror or err}") from None
-        if resume:
+        if resume and run_dir is not None:
             _drop_metrics_after(run_dir / "metrics.jsonl", int(start["steps"]))
-        result = _run(agent, env, steps, seed, run_dir, progress, log_every, checkpoint_every,
-                      start_steps=int(start["steps"]), start_updates=int(start["updates"]),
-                      start_episodes=int(start.get("episodes", 0)))
+        if ranks.active:
+            agent.rows = (ranks.rank * local_envs, config.num_envs)
+            agent.reduce_gradients = ranks.average_gradients
+            ranks.check_identical(agent.network, torch_device)  # same seed, same initial weights
+        try:
+            result = _run(agent, env, steps, seed, run_dir, progress and ranks.is_main, log_every, checkpoint_every,
+                          start_steps=int(start["steps"]), start_updates=int(start["updates"]),
+                          start_episodes=int(start.get("episodes", 0)), ranks=ranks,
+                          sync_check_every=sync_check_every, resume_state=start if resume else None)
+        finally:
+            agent.rows, agent.reduce_gradients = None, None
     finally:
         env.close()
     if run_dir is not None:
-        _record_training_facts(run_dir, result, torch_device)
+        _record_training_facts(run_dir, result, torch_device, ranks.world)
     return result
+
+
+def agent_on_policy(agent_id: str) -> bool:
+    return AGENTS[agent_id].on_policy
 
 
 def _drop_metrics_after(path: Path, steps: int) -> None:
@@ -242,36 +293,51 @@ def hardware_description(device: torch.device) -> str:
     return cpu
 
 
-def _record_training_facts(run_dir: Path, result: TrainResult, device: torch.device) -> None:
+def _record_training_facts(run_dir: Path, result: TrainResult, device: torch.device, processes: int = 1) -> None:
     """Steps done, wall time (summed over resumes) and hardware, for the model card."""
     config = fmt.read_json(run_dir / fmt.CONFIG_FILE)
     training = config.setdefault("training", {})
     training["steps_done"] = result.steps
     training["wall_seconds"] = round(training.get("wall_seconds", 0.0) + result.seconds, 1)
     training["hardware"] = hardware_description(device)
+    if processes > 1:
+        training["hardware"] += f", {processes} processes"
     fmt.write_json(run_dir / fmt.CONFIG_FILE, config)
 
 
-def _resume_setup(agent_id, env_id, run_dir, overrides, config_values):
-    if run_dir is None or not (run_dir / fmt.CHECKPOINT_STATE).exists():
-        raise TrainError(f"--resume: {run_dir} holds no checkpoint to resume from")
+def _resume_setup(agent_id, env_id, run_dir, overrides, config_values, ranks: Ranks, device):
+    """The recorded config, env spec, seed and checkpoint bytes of the run in ``run_dir``.
+    Rank 0 reads them and sends them to the other ranks, which need no shared file system."""
     if overrides or config_values:
         raise TrainError("--resume continues with the recorded hyperparameters; --set cannot change them")
+    config_bytes = checkpoint_bytes = b""
+    if ranks.is_main:
+        if run_dir is None or not (run_dir / fmt.CHECKPOINT_STATE).exists():
+            raise TrainError(f"--resume: {run_dir} holds no checkpoint to resume from")
+        try:
+            config_bytes = (run_dir / fmt.CONFIG_FILE).read_bytes()
+            checkpoint_bytes = (run_dir / fmt.CHECKPOINT_TENSORS).read_bytes()
+        except OSError as err:
+            raise TrainError(f"--resume: cannot read {run_dir}: {err.strerror or err}") from None
+    config_bytes = ranks.broadcast_bytes(config_bytes, device)
+    checkpoint_bytes = ranks.broadcast_bytes(checkpoint_bytes, device)
     from ..hub.schema import parse_config_bytes
 
     try:  # the same validation a loaded repo gets
-        saved = parse_config_bytes((run_dir / fmt.CONFIG_FILE).read_bytes())
-    except (OSError, ValueError) as err:
+        saved = parse_config_bytes(config_bytes)
+    except ValueError as err:
         raise TrainError(f"--resume: {run_dir}/config.json: {err}") from None
     if saved["agent"] != agent_id or saved["env"]["env_id"] != env_id:
         raise TrainError(f"--resume: {run_dir} is a {saved['agent']} run on {saved['env']['env_id']}, "
                          f"not {agent_id} on {env_id}")
-    return saved["agent_config"], EnvSpec.from_dict(saved["env"]), saved["seed"]
+    return saved["agent_config"], EnvSpec.from_dict(saved["env"]), saved["seed"], checkpoint_bytes
 
 
 def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progress: bool, log_every: int,
-         checkpoint_every: int, start_steps: int = 0, start_updates: int = 0, start_episodes: int = 0) -> TrainResult:
+         checkpoint_every: int, start_steps: int = 0, start_updates: int = 0, start_episodes: int = 0,
+         ranks: Ranks | None = None, sync_check_every: int = 100, resume_state: dict | None = None) -> TrainResult:
     cfg = agent.config
+    ranks = ranks or Ranks()
     log = MetricsLog(run_dir)
     recent: deque[float] = deque(maxlen=20)
     episodes: list[Episode] = []
@@ -282,17 +348,41 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
         bar = tqdm(total=total, initial=start_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
     # A resumed run draws new env seeds and replay indices, not a replay of the first part.
     stream_seed = seed + start_steps
-    rng = np.random.default_rng(stream_seed)
+    # Each rank samples its replay minibatches with its own stream (its buffer holds other data).
+    rng = np.random.default_rng(stream_seed if not ranks.active else [stream_seed, ranks.rank])
     steps, updates, last_checkpoint = start_steps, start_updates, start_steps
     start = time.perf_counter()
+    # Rank r's envs get the seeds one process would give envs r*E .. r*E+E-1.
+    env_seed = stream_seed + ranks.rank * env.num_envs
 
     if agent.on_policy:
-        collector = OnPolicyCollector(env, cfg.n_steps, stream_seed)
+        collector = OnPolicyCollector(env, cfg.n_steps, env_seed)
+        rows_per_iteration = env.num_envs * cfg.n_steps
     else:
-        collector = ReplayCollector(env, stream_seed)
-        replay = ReplayBuffer(cfg.buffer_size, env.num_envs, env.obs_info.shape, env.obs_info.dtype)
+        collector = ReplayCollector(env, env_seed)
+        rows_per_iteration = env.num_envs
+        replay = ReplayBuffer(cfg.buffer_size // ranks.world, env.num_envs, env.obs_info.shape, env.obs_info.dtype)
+        batch_size = cfg.batch_size // ranks.world
         # Updates start once the (re)filled buffer holds learning_starts steps.
-        learn_from = start_steps + cfg.learning_starts
+        learn_from, update_base = start_steps + cfg.learning_starts, start_updates
+
+    # Exact resume: a single process on Gymnasium envs saves the envs' states, the observations and
+    # running episodes, and soft-q's replay buffer and sampling stream, so a resumed run is the
+    # uninterrupted run. (ALE's vector env cannot save its emulators; a buffer over
+    # REPLAY_SAVE_LIMIT is refilled instead; several processes restart their envs.)
+    exact = (not ranks.active and env.can_save_state
+             and (agent.on_policy or replay.nbytes <= REPLAY_SAVE_LIMIT))
+    if exact and resume_state and "env_state" in resume_state:
+        saved = resume_state["tensors"]
+        try:
+            env.set_state(resume_state["env_state"])
+            collector.load_state(saved)
+            if not agent.on_policy:
+                replay.load_state(saved)
+                rng.bit_generator.state = resume_state["replay_rng"]
+                learn_from, update_base = cfg.learning_starts, 0  # as if never stopped
+        except (KeyError, ValueError) as err:
+            raise TrainError(f"--resume: the checkpoint's env or replay state does not fit this run: {err}") from None
 
     def finished(new: list[Episode]) -> None:
         for episode in new:
@@ -301,10 +391,19 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
             log.episode(steps, episode)
 
     def checkpoint() -> None:
-        fmt.save_checkpoint(run_dir, agent, {"steps": steps, "updates": updates,
-                                             "episodes": start_episodes + len(episodes)})
+        if run_dir is None:
+            return
+        state = {"steps": steps, "updates": updates, "episodes": start_episodes + len(episodes)}
+        tensors = {}
+        if exact:
+            state["env_state"] = env.get_state()
+            tensors.update(collector.state_tensors())
+            if not agent.on_policy:
+                state["replay_rng"] = rng.bit_generator.state
+                tensors.update(replay.state_tensors())
+        fmt.save_checkpoint(run_dir, agent, state, tensors)
 
-    with _stop_requests(run_dir is not None) as stop_requested:
+    with _stop_requests(run_dir is not None or ranks.active) as stop_requested:
         try:
             if run_dir is not None and start_steps == 0:
                 checkpoint()  # from the first moment on, the run dir loads and resumes
@@ -314,19 +413,30 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
                 before = steps
                 if agent.on_policy:
                     rollout, new = collector.collect(agent)
-                    steps += rollout.actions.numel()
-                    finished(new)
+                    steps += rollout.actions.numel() * ranks.world
                     metrics = agent.learn(rollout)
                     updates += 1
                 else:
                     new = collector.step(agent, replay)
-                    steps += env.num_envs
-                    finished(new)
-                    due = start_updates + max(0, steps - learn_from) // cfg.train_freq
+                    steps += env.num_envs * ranks.world
+                    due = update_base + max(0, steps - learn_from) // cfg.train_freq
                     while updates < due and replay.can_sample(cfg.n_steps):
-                        sample = replay.sample(cfg.batch_size, cfg.n_steps, rng, agent.to_tensor, agent.device)
+                        sample = replay.sample(batch_size, cfg.n_steps, rng, agent.to_tensor, agent.device)
                         metrics = agent.learn(sample)
                         updates += 1
+                stop = bool(stop_requested)
+                if ranks.active:
+                    # Every rank stops, or raises, at the same iteration: a stop or NaN on any one
+                    # of them is seen by all, and rank 0 logs every rank's episodes.
+                    # (A NaN on one rank makes the mean metrics NaN, so every rank raises below.)
+                    flags, metrics, new = ranks.exchange(agent.device, [float(stop)], metrics, new,
+                                                         rows_per_iteration)
+                    stop = flags[0] > 0  # a signal arriving after the exchange is seen next time
+                    if sync_check_every and metrics is not None and updates % sync_check_every == 0:
+                        digest = ranks.check_identical(agent.network, agent.device)
+                        log.record({"kind": "sync", "step": steps, "updates": updates, "processes": ranks.world,
+                                    "fingerprint": digest})
+                finished([Episode(score, length) for score, length in new])
                 elapsed = time.perf_counter() - start
                 sps = (steps - start_steps) / elapsed if elapsed > 0 else 0.0
                 # Checked after every update, before any checkpoint can save a diverged network.
@@ -340,9 +450,9 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
                     bar.update(steps - before)
                     if recent:
                         bar.set_postfix(sps=f"{sps:.0f}", ret=f"{np.mean(recent):.1f}", refresh=False)
-                if stop_requested:
+                if stop:
                     checkpoint()
-                    raise TrainingInterrupted(steps, stop_requested[0])
+                    raise TrainingInterrupted(steps, stop_requested[0] if stop_requested else "SIGTERM")
                 if run_dir is not None and checkpoint_every and steps - last_checkpoint >= checkpoint_every:
                     checkpoint()
                     last_checkpoint = steps
