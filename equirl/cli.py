@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_all = zoo_sub.add_parser("train-all", help="reproduce every bundled agent from its recipe")
     train_all.add_argument("--only", nargs="+", default=None, help="names of the agents to retrain")
     train_all.add_argument("--out", default=None, help="write here instead of into the package")
+    train_all.add_argument("--work", default=None,
+                           help="keep each run in WORK/NAME and resume it there (long Atari runs)")
     from .evaluation.commands import register
 
     register(sub)  # evaluate, record
@@ -113,7 +115,11 @@ def _zoo(args) -> int:
             print(f"| {r['name']} | {r['hub_name']} | {r['agent']} | {r['env_id']} | {score} |")
         return 0
     out = Path(args.out) if args.out else bundled.PRETRAINED_DIR
-    bundled.train_all(out, only=args.only)
+    try:
+        bundled.train_all(out, only=args.only, work=Path(args.work) if args.work else None)
+    except bundled.ZooError as err:
+        print(f"equirl zoo train-all: error: {err}", file=sys.stderr)
+        return 2 if "no recipe named" in str(err) else 1
     return 0
 
 

@@ -25,6 +25,11 @@ class Recipe:
     steps: int
     seed: int = 0
     overrides: dict = field(default_factory=dict)
+    min_score: float = float("-inf")
+    """Bundled only if the 30-episode evaluation reaches this mean (the zoo's promise)."""
+    video_steps: int = 2_000
+    half: bool = False
+    """Store float16 weights (evaluated with exactly those): halves an Atari agent's size."""
 
     @property
     def name(self) -> str:
@@ -33,10 +38,16 @@ class Recipe:
 
 # CartPole budgets: the classic-control presets reach 500 within them (tests/test_learning.py).
 RECIPES = [
-    Recipe("a3c", "CartPole-v1", 300_000),
-    Recipe("matched-q", "CartPole-v1", 300_000),
-    Recipe("entropy-pg", "CartPole-v1", 300_000),
-    Recipe("soft-q", "CartPole-v1", 150_000),
+    Recipe("a3c", "CartPole-v1", 300_000, min_score=475),
+    Recipe("matched-q", "CartPole-v1", 300_000, min_score=475),
+    Recipe("entropy-pg", "CartPole-v1", 300_000, min_score=475),
+    Recipe("soft-q", "CartPole-v1", 150_000, min_score=475),
+]
+
+# Not bundled yet: hours of CPU each, trained across sessions with ``--work`` (resumable), bundled
+# by ``train-all --only NAME --work DIR`` once they reach min_score.
+TRAINING = [
+    Recipe("a3c", "PongNoFrameskip-v4", 3_000_000, min_score=18, video_steps=600, half=True),
 ]
 
 
@@ -80,8 +91,29 @@ def listing() -> list[dict]:
     return rows
 
 
-def train_all(out: Path = PRETRAINED_DIR, only: list[str] | None = None, log=print) -> list[Path]:
-    """Train, evaluate (30 episodes) and record every recipe, writing complete repo folders."""
+class ZooError(RuntimeError):
+    """A recipe that cannot be bundled (unknown name, score under its bar)."""
+
+
+def select(only: list[str] | None) -> list[Recipe]:
+    """The shipped recipes, or those named in ``only`` (shipped or still training)."""
+    if not only:
+        return list(RECIPES)
+    everything = RECIPES + TRAINING
+    chosen = [r for r in everything if r.name in only or short_name(r.agent, r.env_id) in only]
+    known = {r.name for r in everything} | {short_name(r.agent, r.env_id) for r in everything}
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise ZooError(f"no recipe named {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return chosen
+
+
+def train_all(out: Path = PRETRAINED_DIR, only: list[str] | None = None, log=print,
+              work: Path | None = None) -> list[Path]:
+    """Train, evaluate (30 episodes) and record every recipe, writing complete repo folders.
+
+    With ``work``, each run lives in ``work/NAME`` and is resumed from its checkpoint (or used
+    as it is, when finished): long Atari runs survive interruptions and span sessions."""
     import torch
 
     from ..evaluation.publishing import ensure_results, ensure_video
@@ -92,21 +124,36 @@ def train_all(out: Path = PRETRAINED_DIR, only: list[str] | None = None, log=pri
     # depend on the core count (reductions split across threads round differently).
     torch.set_num_threads(1)
     made = []
-    for recipe in RECIPES:
-        if only and recipe.name not in only and short_name(recipe.agent, recipe.env_id) not in only:
-            continue
-        log(f"training {recipe.name} for {recipe.steps} steps")
+    for recipe in select(only):
         with tempfile.TemporaryDirectory() as tmp:
-            run = Path(tmp) / "run"
-            command = f"equirl zoo train-all --only {recipe.name}"
-            result = train(recipe.agent, recipe.env_id, recipe.steps, seed=recipe.seed, out=run, device="cpu",
-                           config_values=recipe.overrides, command=command)
-            ensure_results(result.agent, run, episodes=30)
-            ensure_video(result.agent, run, max_steps=2_000)
+            run = (Path(work) if work else Path(tmp)) / recipe.name
+            command = f"equirl zoo train-all --only {recipe.name}" + (f" --work {work}" if work else "")
+            done = fmt.read_json(run / fmt.CHECKPOINT_STATE)["steps"] if (run / fmt.CHECKPOINT_STATE).exists() else 0
+            if done < recipe.steps:
+                log(f"training {recipe.name}: {recipe.steps} steps" + (f", resuming at {done}" if done else ""))
+                train(recipe.agent, recipe.env_id, recipe.steps, seed=recipe.seed, out=run, device="cpu",
+                      config_values=None if done else recipe.overrides, command=command, resume=bool(done),
+                      checkpoint_every=50_000)
+            from ..hub.client import load
+
+            package = Path(tmp) / "package"  # the run itself stays untouched (and resumable)
+            shutil.copytree(run, package, ignore=shutil.ignore_patterns("checkpoint.*", "tb", "metrics.jsonl"))
+            if recipe.half:  # evaluate exactly the float16 weights that are shipped
+                weights = fmt.read_tensors(package / fmt.WEIGHTS_FILE)
+                fmt.write_tensors(package / fmt.WEIGHTS_FILE, {k: v.half() for k, v in weights.items()},
+                                  metadata={"format_version": str(fmt.FORMAT_VERSION)})
+            agent = load(package)
+            results = fmt.read_json(ensure_results(agent, package, episodes=30))
+            mean = results["summary"]["mean"]
+            log(f"  {recipe.name}: {mean:.2f} over 30 episodes (bar {recipe.min_score})")
+            if mean < recipe.min_score:
+                raise ZooError(f"{recipe.name} scores {mean:.2f} < {recipe.min_score}; not bundled "
+                               f"(the run is in {run if work else 'a temporary dir'})")
+            ensure_video(agent, package, max_steps=recipe.video_steps)
             target = Path(out) / recipe.name
             if target.exists():
                 shutil.rmtree(target)
-            push(run, str(target), repo_id_for_card=f"equirl/{recipe.name}")
+            push(package, str(target), repo_id_for_card=f"equirl/{recipe.name}")
             made.append(target)
         log(f"  -> {target}")
     return made

@@ -4,6 +4,12 @@ Transitions are stored per environment stream in time order (``[slot, env]``), s
 window is a run of consecutive slots of one stream and the next observation is the next slot's
 observation: each observation is stored once, not twice. The last observation of a truncated
 episode is kept in a small side table, since the next slot already holds the next episode.
+
+Stacked frames (Atari's 4 x 84 x 84 observations, ``frame_stack=True``) are stored once: each
+slot keeps only the newest frame, and a stack is rebuilt from the newest frames of the slots
+before it, back to the start of its episode. An episode's first observation is zero-padded
+([0, 0, 0, f0] in ale-py); a first stack that is not is kept whole in a side table. A
+1M-transition Atari buffer thus costs its 7.06 GB of unique frames plus 19 bytes a transition.
 """
 from __future__ import annotations
 
@@ -16,11 +22,18 @@ from ..agents.base import ReplaySample
 
 
 class ReplayBuffer:
-    def __init__(self, capacity: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: str):
+    def __init__(self, capacity: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: str,
+                 frame_stack: bool = False):
         self.slots = max(2, math.ceil(capacity / num_envs))
         self.num_envs = num_envs
         shape = (self.slots, num_envs)
-        self.obs = np.zeros(shape + tuple(obs_shape), dtype=obs_dtype)
+        self.obs_shape = tuple(obs_shape)
+        # frames per observation when stored frame by frame; 0: whole observations
+        self.stack = self.obs_shape[0] if frame_stack and len(self.obs_shape) > 1 else 0
+        self.obs = np.zeros(shape + (self.obs_shape[1:] if self.stack else self.obs_shape), dtype=obs_dtype)
+        self.starts = np.zeros(shape, dtype=bool)  # the slot's observation begins an episode
+        self.start_stacks: dict[tuple[int, int], np.ndarray] = {}  # first stacks that are not zero-padded
+        self._next_is_start = np.ones(num_envs, dtype=bool)
         self.actions = np.zeros(shape, dtype=np.int64)
         self.rewards = np.zeros(shape, dtype=np.float32)
         self.kl = np.zeros(shape, dtype=np.float32)
@@ -36,7 +49,15 @@ class ReplayBuffer:
         slot = self.written % self.slots
         for env in range(self.num_envs):
             self.final_obs.pop((slot, env), None)
-        self.obs[slot] = obs
+            self.start_stacks.pop((slot, env), None)
+        self.starts[slot] = self._next_is_start
+        if self.stack:
+            self.obs[slot] = obs[:, -1]
+            for env in np.flatnonzero(self._next_is_start):
+                if obs[env, :-1].any():
+                    self.start_stacks[(slot, int(env))] = obs[env].copy()
+        else:
+            self.obs[slot] = obs
         self.actions[slot] = actions
         self.rewards[slot] = rewards
         self.kl[slot] = kl
@@ -44,45 +65,78 @@ class ReplayBuffer:
         self.truncated[slot] = truncated
         for env in np.flatnonzero(truncated):
             self.final_obs[(slot, int(env))] = final_obs[env].copy()
+        self._next_is_start = np.asarray(terminated) | np.asarray(truncated)
         self.written += 1
+
+    def _oldest_start(self) -> int:
+        """The first vector step a window may start at: its stack's older frames must still be
+        stored (or lie before its episode's start)."""
+        oldest = max(0, self.written - self.slots)
+        return oldest + (self.stack - 1 if self.stack and self.written > self.slots else 0)
+
+    def observations(self, times: np.ndarray, envs: np.ndarray) -> np.ndarray:
+        """The observations at absolute vector steps ``times`` of streams ``envs``."""
+        if not self.stack:
+            return self.obs[times % self.slots, envs]
+        k = self.stack
+        out = np.zeros((len(times), k) + self.obs.shape[2:], dtype=self.obs.dtype)
+        open_ = np.ones(len(times), dtype=bool)  # no episode start met yet walking back
+        start_age = np.full(len(times), -1)
+        for age in range(k):  # age 0: the newest frame
+            slots = (times - age) % self.slots
+            out[open_, k - 1 - age] = self.obs[slots[open_], envs[open_]]
+            began = open_ & self.starts[slots, envs]
+            start_age[began] = age
+            open_ &= ~began
+        for i in np.flatnonzero(start_age >= 0) if self.start_stacks else []:
+            age = start_age[i]
+            first = self.start_stacks.get((int((times[i] - age) % self.slots), int(envs[i])))
+            if first is not None:  # the episode began with a stack that was not zero-padded
+                out[i, :k - age] = first[age:]
+        return out
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.obs, self.actions, self.rewards, self.kl, self.terminated, self.truncated))
+        arrays = (self.obs, self.actions, self.rewards, self.kl, self.terminated, self.truncated, self.starts)
+        side = sum(a.nbytes for a in (*self.final_obs.values(), *self.start_stacks.values()))
+        return sum(a.nbytes for a in arrays) + side
+
+    _ARRAYS = ("obs", "actions", "rewards", "kl", "terminated", "truncated", "starts", "_next_is_start")
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The whole buffer as tensors, for a checkpoint."""
-        keys = sorted(self.final_obs)
-        finals = (np.stack([self.final_obs[k] for k in keys]) if keys
-                  else np.zeros((0,) + self.obs.shape[2:], dtype=self.obs.dtype))
-        arrays = {"obs": self.obs, "actions": self.actions, "rewards": self.rewards, "kl": self.kl,
-                  "terminated": self.terminated, "truncated": self.truncated,
-                  "final_keys": np.array(keys, dtype=np.int64).reshape(-1, 2), "final_obs": finals,
-                  "written": np.array([self.written], dtype=np.int64)}
+        arrays = {name: getattr(self, name) for name in self._ARRAYS}
+        for side in ("final_obs", "start_stacks"):
+            table = getattr(self, side)
+            keys = sorted(table)
+            arrays[f"{side}_keys"] = np.array(keys, dtype=np.int64).reshape(-1, 2)
+            arrays[side] = (np.stack([table[k] for k in keys]) if keys
+                            else np.zeros((0,) + self.obs_shape, dtype=self.obs.dtype))
+        arrays["written"] = np.array([self.written], dtype=np.int64)
         return {f"replay.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        for name in ("obs", "actions", "rewards", "kl", "terminated", "truncated"):
+        for name in self._ARRAYS:
             saved = tensors[f"replay.{name}"].numpy()
             target = getattr(self, name)
             if saved.shape != target.shape or saved.dtype != target.dtype:
                 raise ValueError(f"saved replay {name} is {saved.dtype}{list(saved.shape)}, "
                                  f"expected {target.dtype}{list(target.shape)}")
             target[...] = saved
-        keys = tensors["replay.final_keys"].numpy()
-        finals = tensors["replay.final_obs"].numpy()
-        self.final_obs = {(int(s), int(e)): finals[i].copy() for i, (s, e) in enumerate(keys)}
+        for side in ("final_obs", "start_stacks"):
+            keys, values = tensors[f"replay.{side}_keys"].numpy(), tensors[f"replay.{side}"].numpy()
+            setattr(self, side, {(int(s), int(e)): values[i].copy() for i, (s, e) in enumerate(keys)})
         self.written = int(tensors["replay.written"][0])
 
     def can_sample(self, n_steps: int) -> bool:
-        return self.written - 1 - n_steps >= max(0, self.written - self.slots)
+        return self.written - 1 - n_steps >= self._oldest_start()
 
     def sample(self, batch_size: int, n_steps: int, rng: np.random.Generator, to_tensor, device) -> ReplaySample:
         """``batch_size`` windows of ``n_steps``, uniformly over start time and env stream."""
         if not self.can_sample(n_steps):
             raise RuntimeError(f"replay holds too few steps for {n_steps}-step windows")
         # A window starting at t needs the observation at t + n_steps stored and not overwritten.
-        start = rng.integers(max(0, self.written - self.slots), self.written - n_steps, size=batch_size)
+        start = rng.integers(self._oldest_start(), self.written - n_steps, size=batch_size)
         env = rng.integers(0, self.num_envs, size=batch_size)
         window = start[:, None] + np.arange(n_steps)  # [B, n] absolute vector steps
         slots = window % self.slots
@@ -92,12 +146,12 @@ class ReplayBuffer:
         # Bootstrap from the state after the first episode end, or after the window.
         first_done = np.where(done.any(axis=1), done.argmax(axis=1), n_steps - 1)
         boot_time = start + first_done + 1
-        bootstrap = self.obs[boot_time % self.slots, env]
+        bootstrap = self.observations(boot_time, env)
         ended_by_cut = truncated[np.arange(batch_size), first_done] & done.any(axis=1)
         for i in np.flatnonzero(ended_by_cut):
             bootstrap[i] = self.final_obs[(int(slots[i, first_done[i]]), int(env[i]))]
         return ReplaySample(
-            obs=to_tensor(self.obs[slots[:, 0], env]),
+            obs=to_tensor(self.observations(start, env)),
             actions=torch.as_tensor(self.actions[slots[:, 0], env], device=device),
             rewards=torch.as_tensor(self.rewards[slots, env[:, None]].T.copy(), device=device),
             kl=torch.as_tensor(self.kl[slots, env[:, None]].T.copy(), device=device),
