@@ -90,7 +90,7 @@ class ActorCriticAgent(Agent):
         if config.optimizer == "rmsprop":
             self.optimizer = torch.optim.RMSprop(params, lr=config.lr, alpha=config.rms_alpha, eps=config.eps)
         else:
-            self.optimizer = torch.optim.Adam(params, lr=config.lr, eps=config.eps)
+            self.optimizer = self.make_adam(config.lr, config.eps)
 
     @staticmethod
     def build_network(config: ActorCriticConfig, network_spec: dict, num_actions: int) -> ActorCriticNetwork:

@@ -100,7 +100,7 @@ class SoftQ(Agent):
         super().__init__(config, obs_info, num_actions, network_spec, device, seed)
         self.network = self.build_network(config, network_spec, num_actions).to(device=self.device, dtype=self.dtype)
         self.target = copy.deepcopy(self.network).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.lr, eps=config.eps)
+        self.optimizer = self.make_adam(config.lr, config.eps)
         self.log_ref = losses.log_reference(num_actions, config.reference)
         self.updates = 0
 
