@@ -42,9 +42,12 @@ class NatureCNN(nn.Module):
     def forward(self, obs: Tensor) -> Tensor:
         # Pixels arrive as uint8 and are scaled here, so observations move to the device once,
         # at a quarter of the float32 size.
-        x = obs.to(self.fc[0].weight.dtype) / 255.0
-        if x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        # Reordered to channels-last while still uint8 (a quarter of the bytes), then converted
+        # and scaled in place: one float pass instead of three.
+        if obs.dim() == 4:
+            obs = obs.contiguous(memory_format=torch.channels_last)
+        x = obs.to(self.fc[0].weight.dtype)
+        x = x.div_(255.0) if x is not obs else x / 255.0
         return self.fc(self.convs(x))
 
 
