@@ -73,6 +73,16 @@ def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(tmp_path):
     state = json.loads((run / "checkpoint.json").read_text())
     assert state["steps"] % 128 == 0  # a whole number of updates: the checkpoint sits between two
     assert equirl.load(run) is not None
+    # The model card of the stopped run says how far it got, and the wall time keeps counting
+    # across the resume (it rides in the checkpoint).
+    training = json.loads((run / "config.json").read_text())["training"]
+    assert training["steps_done"] == state["steps"] and 0 < training["wall_seconds"] < 120
+    assert abs(state["wall_seconds"] - training["wall_seconds"]) < 1.0
+    subprocess.run([*TRAIN[:7], str(state["steps"] + 20480), *TRAIN[8:], str(run), "--resume"], check=True,
+                   capture_output=True, timeout=120)
+    resumed = json.loads((run / "config.json").read_text())["training"]
+    assert resumed["steps_done"] == state["steps"] + 20480
+    assert training["wall_seconds"] < resumed["wall_seconds"] < training["wall_seconds"] + 60
 
 
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -105,6 +105,7 @@ class TrainResult:
     seconds: float  # wall time of the training loop, env start-up included
     resumed_from: int = 0  # steps already done when this call started
     stepping_seconds: float = 0.0  # from the first env step on (what steps/s is measured over)
+    wall_seconds: float = 0.0  # the whole run's wall time, summed over every resumed part
 
     @property
     def steps_per_second(self) -> float:
@@ -232,18 +233,33 @@ def _train(agent_id, env_id, steps, seed, run_dir, torch_device, ranks, override
             agent.rows = (ranks.rank * local_envs, config.num_envs)
             agent.reduce_gradients = ranks.average_gradients
             ranks.check_identical(agent.network, torch_device)  # same seed, same initial weights
+        # Wall time so far, carried in the checkpoint (a run killed and resumed keeps counting);
+        # checkpoints older than that field: the total recorded in config.json.
+        prior_wall = float(start.get("wall_seconds", _recorded_wall(run_dir) if resume else 0.0))
         try:
             result = _run(agent, env, steps, seed, run_dir, progress and ranks.is_main, log_every, checkpoint_every,
                           start_steps=int(start["steps"]), start_updates=int(start["updates"]),
                           start_episodes=int(start.get("episodes", 0)), ranks=ranks,
-                          sync_check_every=sync_check_every, resume_state=start if resume else None)
+                          sync_check_every=sync_check_every, resume_state=start if resume else None,
+                          prior_wall=prior_wall)
+        except TrainingInterrupted as stop:
+            if run_dir is not None:  # the model card of a stopped run says how far it got
+                _record_training_facts(run_dir, stop.steps, stop.wall_seconds, torch_device, ranks.world)
+            raise
         finally:
             agent.rows, agent.reduce_gradients = None, None
     finally:
         env.close()
     if run_dir is not None:
-        _record_training_facts(run_dir, result, torch_device, ranks.world)
+        _record_training_facts(run_dir, result.steps, result.wall_seconds, torch_device, ranks.world)
     return result
+
+
+def _recorded_wall(run_dir: Path | None) -> float:
+    try:
+        return float(fmt.read_json(run_dir / fmt.CONFIG_FILE).get("training", {}).get("wall_seconds", 0.0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.0
 
 
 def agent_on_policy(agent_id: str) -> bool:
@@ -268,9 +284,9 @@ def _drop_metrics_after(path: Path, steps: int) -> None:
 class TrainingInterrupted(Exception):
     """SIGINT or SIGTERM: a checkpoint was written and training stopped."""
 
-    def __init__(self, steps: int, signal_name: str):
+    def __init__(self, steps: int, signal_name: str, wall_seconds: float = 0.0):
         super().__init__(f"{signal_name} at step {steps}: checkpoint written")
-        self.steps, self.signal_name = steps, signal_name
+        self.steps, self.signal_name, self.wall_seconds = steps, signal_name, wall_seconds
 
 
 @contextlib.contextmanager
@@ -297,12 +313,13 @@ def hardware_description(device: torch.device) -> str:
     return cpu
 
 
-def _record_training_facts(run_dir: Path, result: TrainResult, device: torch.device, processes: int = 1) -> None:
+def _record_training_facts(run_dir: Path, steps: int, wall_seconds: float, device: torch.device,
+                           processes: int = 1) -> None:
     """Steps done, wall time (summed over resumes) and hardware, for the model card."""
     config = fmt.read_json(run_dir / fmt.CONFIG_FILE)
     training = config.setdefault("training", {})
-    training["steps_done"] = result.steps
-    training["wall_seconds"] = round(training.get("wall_seconds", 0.0) + result.seconds, 1)
+    training["steps_done"] = steps
+    training["wall_seconds"] = round(wall_seconds, 1)
     training["hardware"] = hardware_description(device)
     if processes > 1:
         training["hardware"] += f", {processes} processes"
@@ -339,7 +356,8 @@ def _resume_setup(agent_id, env_id, run_dir, overrides, config_values, ranks: Ra
 
 def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progress: bool, log_every: int,
          checkpoint_every: int, start_steps: int = 0, start_updates: int = 0, start_episodes: int = 0,
-         ranks: Ranks | None = None, sync_check_every: int = 100, resume_state: dict | None = None) -> TrainResult:
+         ranks: Ranks | None = None, sync_check_every: int = 100, resume_state: dict | None = None,
+         prior_wall: float = 0.0) -> TrainResult:
     cfg = agent.config
     ranks = ranks or Ranks()
     log = MetricsLog(run_dir)
@@ -400,7 +418,8 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
     def checkpoint() -> None:
         if run_dir is None:
             return
-        state = {"steps": steps, "updates": updates, "episodes": start_episodes + len(episodes)}
+        state = {"steps": steps, "updates": updates, "episodes": start_episodes + len(episodes),
+                 "wall_seconds": round(prior_wall + time.perf_counter() - start, 1)}
         tensors = {}
         if exact:
             state["env_state"] = env.get_state()
@@ -459,7 +478,8 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
                         bar.set_postfix(sps=f"{sps:.0f}", ret=f"{np.mean(recent):.1f}", refresh=False)
                 if stop:
                     checkpoint()
-                    raise TrainingInterrupted(steps, stop_requested[0] if stop_requested else "SIGTERM")
+                    raise TrainingInterrupted(steps, stop_requested[0] if stop_requested else "SIGTERM",
+                                              prior_wall + time.perf_counter() - start)
                 if run_dir is not None and checkpoint_every and steps - last_checkpoint >= checkpoint_every:
                     checkpoint()
                     last_checkpoint = steps
@@ -471,4 +491,5 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
                 bar.close()
             log.close()
     end = time.perf_counter()
-    return TrainResult(agent, run_dir, steps, episodes, end - start, start_steps, end - stepping_start)
+    return TrainResult(agent, run_dir, steps, episodes, end - start, start_steps, end - stepping_start,
+                       prior_wall + end - start)
