@@ -156,3 +156,28 @@ def test_a_replay_buffer_too_big_to_save_is_refilled_on_resume(tmp_path, monkeyp
     state = json.loads((run / "checkpoint.json").read_text())
     # 200 updates before the stop; after it the buffer refills for learning_starts steps first.
     assert (state["steps"], state["updates"]) == (2400, 200 + (2400 - (1200 + 400)) // 4)
+
+
+def test_a_checkpoint_without_wall_time_says_from_which_step_time_was_counted(tmp_path):
+    """Checkpoints written before wall time rode in them: the card must not pass a partial wall
+    time off as the whole run's."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from equirl.hub.card import render_card
+
+    run = tmp_path / "run"
+    train("a3c", "CartPole-v1", 4096, seed=0, out=run)
+    path = run / "checkpoint.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    state = json.loads(meta["state"])
+    del state["wall_seconds"]
+    save_file(load_file(str(path)), str(path), metadata={**meta, "state": json.dumps(state)})
+    config = json.loads((run / "config.json").read_text())
+    del config["training"]["wall_seconds"]
+    (run / "config.json").write_text(json.dumps(config))
+    train("a3c", "CartPole-v1", 8192, seed=0, out=run, resume=True)
+    training = json.loads((run / "config.json").read_text())["training"]
+    assert training["steps_done"] == 8192 and training["wall_seconds_from_step"] == 4096
+    assert "steps 4,096 on; the earlier ones were not timed" in render_card(json.loads((run / "config.json").read_text()), None, "x/y")

@@ -58,8 +58,11 @@ def render_card(config: dict, results: dict | None, repo_id: str) -> str:
     lines += ["## Training", ""]
     if training.get("command"):
         lines += ["```bash", training["command"], "```", ""]
+    wall = training.get("wall_seconds")
+    if wall is not None and training.get("wall_seconds_from_step"):
+        wall = f"{wall} (steps {training['wall_seconds_from_step']:,} on; the earlier ones were not timed)"
     facts = [("agent steps", training.get("steps_done", training.get("total_steps"))),
-             ("wall time (s)", training.get("wall_seconds")), ("hardware", training.get("hardware")),
+             ("wall time (s)", wall), ("hardware", training.get("hardware")),
              ("seed", config.get("seed")), ("equirl", (config.get("versions") or {}).get("equirl")),
              ("code revision", config.get("code_revision"))]
     lines += [f"- {name}: {value}" for name, value in facts if value is not None]

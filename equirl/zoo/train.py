@@ -236,22 +236,24 @@ def _train(agent_id, env_id, steps, seed, run_dir, torch_device, ranks, override
         # Wall time so far, carried in the checkpoint (a run killed and resumed keeps counting);
         # checkpoints older than that field: the total recorded in config.json.
         prior_wall = float(start.get("wall_seconds", _recorded_wall(run_dir) if resume else 0.0))
+        # A checkpoint from before wall time was checkpointed: say from which step it is counted.
+        timed_from = int(start.get("timed_from_step", 0 if "wall_seconds" in start or not resume else start["steps"]))
         try:
             result = _run(agent, env, steps, seed, run_dir, progress and ranks.is_main, log_every, checkpoint_every,
                           start_steps=int(start["steps"]), start_updates=int(start["updates"]),
                           start_episodes=int(start.get("episodes", 0)), ranks=ranks,
                           sync_check_every=sync_check_every, resume_state=start if resume else None,
-                          prior_wall=prior_wall)
+                          prior_wall=prior_wall, timed_from=timed_from)
         except TrainingInterrupted as stop:
             if run_dir is not None:  # the model card of a stopped run says how far it got
-                _record_training_facts(run_dir, stop.steps, stop.wall_seconds, torch_device, ranks.world)
+                _record_training_facts(run_dir, stop.steps, stop.wall_seconds, torch_device, ranks.world, timed_from)
             raise
         finally:
             agent.rows, agent.reduce_gradients = None, None
     finally:
         env.close()
     if run_dir is not None:
-        _record_training_facts(run_dir, result.steps, result.wall_seconds, torch_device, ranks.world)
+        _record_training_facts(run_dir, result.steps, result.wall_seconds, torch_device, ranks.world, timed_from)
     return result
 
 
@@ -314,12 +316,14 @@ def hardware_description(device: torch.device) -> str:
 
 
 def _record_training_facts(run_dir: Path, steps: int, wall_seconds: float, device: torch.device,
-                           processes: int = 1) -> None:
+                           processes: int = 1, timed_from: int = 0) -> None:
     """Steps done, wall time (summed over resumes) and hardware, for the model card."""
     config = fmt.read_json(run_dir / fmt.CONFIG_FILE)
     training = config.setdefault("training", {})
     training["steps_done"] = steps
     training["wall_seconds"] = round(wall_seconds, 1)
+    if timed_from:
+        training["wall_seconds_from_step"] = timed_from
     training["hardware"] = hardware_description(device)
     if processes > 1:
         training["hardware"] += f", {processes} processes"
@@ -357,7 +361,7 @@ def _resume_setup(agent_id, env_id, run_dir, overrides, config_values, ranks: Ra
 def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progress: bool, log_every: int,
          checkpoint_every: int, start_steps: int = 0, start_updates: int = 0, start_episodes: int = 0,
          ranks: Ranks | None = None, sync_check_every: int = 100, resume_state: dict | None = None,
-         prior_wall: float = 0.0) -> TrainResult:
+         prior_wall: float = 0.0, timed_from: int = 0) -> TrainResult:
     cfg = agent.config
     ranks = ranks or Ranks()
     log = MetricsLog(run_dir)
@@ -420,6 +424,8 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
             return
         state = {"steps": steps, "updates": updates, "episodes": start_episodes + len(episodes),
                  "wall_seconds": round(prior_wall + time.perf_counter() - start, 1)}
+        if timed_from:
+            state["timed_from_step"] = timed_from
         tensors = {}
         if exact:
             state["env_state"] = env.get_state()
