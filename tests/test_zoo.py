@@ -26,14 +26,17 @@ def test_bundled_agent_loads_offline_and_reproduces_its_score(row, monkeypatch):
     assert agent.source_dir == same.source_dir
     assert agent.agent_id == row["agent"]
     folder = agent.source_dir
-    assert row["episodes"] == 30 and row["mean"] >= 475, row
+    recipe = next(r for r in bundled.RECIPES if r.name == folder.name)
+    assert row["episodes"] == 30 and row["mean"] >= recipe.min_score, row
     check = verify(folder / "results.json", agent)
     assert check.reproduced, check
     assert (folder / "replay.mp4").stat().st_size <= 1_000_000
     card = (folder / "README.md").read_text()
-    assert "equirl zoo train-all --only" in card and "wall time" in card and "hardware" in card
     config = json.loads((folder / "config.json").read_text())
-    assert config["training"]["steps_done"] >= next(r.steps for r in bundled.RECIPES if r.name == folder.name)
+    # The exact training command, steps, wall time and hardware (issue: every card states them).
+    assert config["training"]["command"].startswith("equirl ") and config["training"]["command"] in card
+    assert "wall time" in card and "hardware" in card and "agent steps" in card
+    assert config["training"]["steps_done"] >= recipe.steps
 
 
 def test_recipes_are_selected_by_name_and_unknown_names_are_refused():
