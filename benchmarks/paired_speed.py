@@ -7,6 +7,9 @@ runs in one invocation keep a shared, noisy machine fair to both sides.
     .venv/bin/pip install -e ".[bench]"
     .venv/bin/python benchmarks/paired_speed.py --agents a3c matched-q entropy-pg soft-q --rounds 3
 
+``a3c+bf16`` (any agent, ``+bf16``) runs the agent with ``bf16=True``: its CNN under bfloat16
+autocast.
+
 soft-q is paired with SB3's DQN at DQN's replay ratio (sb3_dqn_reference.py: 4 envs, one update
 of batch 32 every 4 agent steps). The A2C side runs ../shared/bench/sb3_a2c_reference.py (SB3's
 own Atari wrappers, as its users run it); pass --sb3-script to point elsewhere.
@@ -31,10 +34,16 @@ SOFT_Q_SETTINGS = {"num_envs": 4, "batch_size": 32, "train_freq": 4, "target_upd
                    "buffer_size": 100_000, "learning_starts": 32}
 
 
-def equirl_sps(agent: str, env_id: str, steps: int, threads: int) -> float:
-    """A fresh process per run, like the SB3 side; a short warm-up run first in the same process."""
+def equirl_sps(name: str, env_id: str, steps: int, threads: int) -> float:
+    """A fresh process per run, like the SB3 side; a short warm-up run first in the same process.
+    ``name`` is an agent id, with ``+bf16`` for the bfloat16-autocast trunk (``a3c+bf16``)."""
     threads_line = f"torch.set_num_threads({threads})\n" if threads else ""
-    values = SOFT_Q_SETTINGS if agent == "soft-q" else {}
+    agent, _, variant = name.partition("+")
+    values = dict(SOFT_Q_SETTINGS) if agent == "soft-q" else {}
+    if variant == "bf16":
+        values["bf16"] = True
+    elif variant:
+        raise SystemExit(f"paired_speed: error: unknown variant {variant!r} in {name!r} (known: bf16)")
     code = (
         "import json, torch\n" + threads_line +
         "from equirl.zoo.train import train\n"
@@ -66,8 +75,9 @@ def main() -> int:
     args = parser.parse_args()
     if not args.sb3_script.exists():
         parser.exit(2, f"paired_speed: error: SB3 reference script not found: {args.sb3_script}\n")
-    on_policy = [a for a in args.agents if a != "soft-q"]
-    names = (["sb3-a2c"] if on_policy else []) + on_policy + (["sb3-dqn", "soft-q"] if "soft-q" in args.agents else [])
+    off_policy = [a for a in args.agents if a.partition("+")[0] == "soft-q"]
+    on_policy = [a for a in args.agents if a not in off_policy]
+    names = (["sb3-a2c"] if on_policy else []) + on_policy + (["sb3-dqn"] + off_policy if off_policy else [])
     runs: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(args.rounds):
         for name in runs:
@@ -76,13 +86,13 @@ def main() -> int:
             elif name == "sb3-dqn":
                 sps = sb3_sps(DQN_SCRIPT, args.env, args.dqn_steps, args.threads, 4)
             else:
-                sps = equirl_sps(name, args.env, args.dqn_steps if name == "soft-q" else args.steps, args.threads)
+                sps = equirl_sps(name, args.env, args.dqn_steps if name in off_policy else args.steps, args.threads)
             runs[name].append(sps)
             print(f"round {round_ + 1}: {name:<12} {sps:8.1f} steps/s", flush=True)
     print(f"\n| system | median steps/s ({args.rounds} runs) | runs | ratio to its SB3 peer |")
     print("|---|---|---|---|")
     for name, values in runs.items():
-        peer = "sb3-dqn" if name in ("soft-q", "sb3-dqn") else "sb3-a2c"
+        peer = "sb3-dqn" if name in off_policy or name == "sb3-dqn" else "sb3-a2c"
         median = statistics.median(values)
         ratio = median / statistics.median(runs[peer])
         print(f"| {name} | {median:.1f} | {', '.join(f'{v:.0f}' for v in values)} | {ratio:.2f}x |")
