@@ -3,7 +3,7 @@
 Runs the training loop's own pieces (OnPolicyCollector, agent.learn) on Pong with the agent's
 Atari preset, times 50 updates after 10 warm-up ones, then profiles 5 more with torch's profiler.
 
-    .venv/bin/python benchmarks/profile_update.py --agent a3c [--table]
+    .venv/bin/python benchmarks/profile_update.py --agent a3c [--bf16] [--table]
 """
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ def main() -> None:
     parser.add_argument("--env", default="PongNoFrameskip-v4")
     parser.add_argument("--updates", type=int, default=50)
     parser.add_argument("--table", action="store_true", help="also print torch's operator table")
+    parser.add_argument("--bf16", action="store_true", help="the CNN under bfloat16 autocast")
     args = parser.parse_args()
     spec = spec_from_id(args.env)
-    cfg = presets.make_config(args.agent, presets.family_of(spec.kind))
+    cfg = presets.make_config(args.agent, presets.family_of(spec.kind), bf16=args.bf16)
     env = make_vector_env(spec, cfg.num_envs)
     agent = build_agent(args.agent, cfg, spec, env.obs_info, env.num_actions, torch.device("cpu"), 0)
     collector = OnPolicyCollector(env, cfg.n_steps, 0)

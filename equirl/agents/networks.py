@@ -47,7 +47,9 @@ class NatureCNN(nn.Module):
         # and scaled in place: one float pass instead of three.
         if obs.dim() == 4:
             obs = obs.contiguous(memory_format=torch.channels_last)
-        x = obs.to(self.fc[0].weight.dtype)
+        # Under bf16 the pixels go straight to bfloat16 (0..255 are exact in it): the scaled
+        # float32 copy that autocast would round to bfloat16 anyway is never made.
+        x = obs.to(torch.bfloat16 if self.bf16 and obs.dtype == torch.uint8 else self.fc[0].weight.dtype)
         x = x.div_(255.0) if x is not obs else x / 255.0
         if not self.bf16:
             return self.fc(self.convs(x))

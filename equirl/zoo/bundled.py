@@ -48,7 +48,14 @@ RECIPES = [
 
 # Not bundled yet: hours of CPU each, trained across sessions with ``--work`` (resumable), bundled
 # by ``train-all --only NAME --work DIR`` once they reach min_score.
-TRAINING: list[Recipe] = []
+TRAINING: list[Recipe] = [
+    # Started with `equirl train matched-q PongNoFrameskip-v4 --steps 3000000 ...` (the card says so).
+    Recipe("matched-q", "PongNoFrameskip-v4", 3_000_000, min_score=18, video_steps=600, half=True),
+    # A3C's shared trunk with entropy-pg's Adam; bf16 halves the CNN's time on this CPU and this
+    # run checks that it learns as well as float32.
+    Recipe("entropy-pg", "PongNoFrameskip-v4", 3_000_000, overrides={"shared_trunk": True, "bf16": True},
+           min_score=18, video_steps=600, half=True),
+]
 
 
 def short_name(agent: str, env_id: str) -> str:
