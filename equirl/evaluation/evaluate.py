@@ -201,7 +201,7 @@ def seeded_sampling(agent: Any, seed: int) -> Iterator[None]:
 
 def results_dict(result: EvalResult, agent: Any = None, source: str | None = None) -> dict[str, Any]:
     """Everything needed to read, compare and re-run an evaluation, as plain JSON values."""
-    from ..zoo.train import code_revision, package_versions
+    from ..zoo.run_records import code_revision, package_versions
 
     if result.protocol is None or result.spec is None:
         raise EvaluationError("this result carries no protocol and env spec; make it with evaluate() or run_protocol()")
@@ -325,7 +325,7 @@ def verify(source: str | Path | dict, agent: Actor) -> Verification:
     if mismatches:
         if spec.kind == "atari" and data.get("rom_md5") not in (None, rom_md5(spec.ale["game"])):
             notes.append(f"the ROM differs (stored md5 {data['rom_md5']}, installed {rom_md5(spec.ale['game'])})")
-        from ..zoo.train import package_versions
+        from ..zoo.run_records import package_versions
 
         now = package_versions()
         changed = [f"{k} {v} -> {now.get(k)}" for k, v in (data.get("versions") or {}).items() if now.get(k) != v]

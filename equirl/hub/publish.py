@@ -23,7 +23,7 @@ class PushError(RuntimeError):
 
 
 def save_pretrained(agent, folder: str | os.PathLike) -> Path:
-    from ..zoo.train import run_config
+    from ..zoo.run_records import run_config
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

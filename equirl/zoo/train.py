@@ -8,13 +8,8 @@ update) and a TensorBoard event file under ``tb/``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import difflib
-import json
-import os
-import platform
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -25,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
 from ..agents import AGENTS, Agent
 from ..agents.networks import default_trunk_spec
 from ..hub import format as fmt
@@ -34,6 +28,7 @@ from .distributed import DistributedError, Ranks
 from .envs import EnvSpec, make_vector_env, spec_from_id
 from .replay import ReplayBuffer
 from .rollout import Episode, OnPolicyCollector, ReplayCollector
+from .run_records import MetricsLog, drop_metrics_after, record_training_facts, recorded_wall, run_config
 
 # Replay buffers up to this size are saved in every checkpoint (CartPole's 50k transitions take
 # about 1.6 MB); Atari's are refilled after a resume instead.
@@ -54,29 +49,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def package_versions() -> dict[str, str]:
-    import ale_py
-    import gymnasium
-    import safetensors
-
-    return {"equirl": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "gymnasium": gymnasium.__version__, "ale_py": ale_py.__version__,
-            "safetensors": safetensors.__version__}
-
-
-def code_revision() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def config_to_json(config) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
-
-
 def build_agent(agent_id: str, config, spec: EnvSpec, obs_info, num_actions: int, device, seed: int) -> Agent:
     network_spec = {"trunk": default_trunk_spec(obs_info.shape, obs_info.dtype, config.hidden),
                     "num_actions": num_actions}
@@ -84,16 +56,6 @@ def build_agent(agent_id: str, config, spec: EnvSpec, obs_info, num_actions: int
     agent.env_spec = spec
     agent.seed = seed
     return agent
-
-
-def run_config(agent: Agent, training: dict | None = None) -> dict:
-    """The config.json of a run or model repo: everything needed to rebuild the agent and its env."""
-    return {
-        "format_version": fmt.FORMAT_VERSION, "library": "equirl", "agent": agent.agent_id,
-        "hyperparameters": config_to_json(agent.config), "network": agent.network_spec,
-        "env": agent.env_spec.to_dict(), "seed": agent.seed, "training": training or {},
-        "versions": package_versions(), "code_revision": code_revision(),
-    }
 
 
 @dataclass
@@ -113,42 +75,6 @@ class TrainResult:
         # measure throughput.
         seconds = self.stepping_seconds or self.seconds
         return (self.steps - self.resumed_from) / seconds if seconds > 0 else 0.0
-
-
-class MetricsLog:
-    """metrics.jsonl + TensorBoard; both optional (no run dir: nothing is written)."""
-
-    def __init__(self, run_dir: Path | None):
-        # Line-buffered: every record is on disk as soon as it is written (a crash loses none).
-        self.file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8", buffering=1) if run_dir else None
-        self.tb = None
-        if run_dir:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
-
-    def episode(self, step: int, episode: Episode) -> None:
-        if self.file:
-            self.file.write(json.dumps({"kind": "episode", "step": step, "return": episode.score,
-                                        "length": episode.length}) + "\n")
-            self.tb.add_scalar("episode/return", episode.score, step)
-            self.tb.add_scalar("episode/length", episode.length, step)
-
-    def record(self, entry: dict) -> None:
-        if self.file:
-            self.file.write(json.dumps(entry) + "\n")
-
-    def update(self, step: int, metrics: dict[str, float], sps: float) -> None:
-        if self.file:
-            self.file.write(json.dumps({"kind": "update", "step": step, "sps": round(sps, 1), **metrics}) + "\n")
-            for name, value in metrics.items():
-                self.tb.add_scalar(f"train/{name}", value, step)
-            self.tb.add_scalar("train/sps", sps, step)
-
-    def close(self) -> None:
-        if self.file:
-            self.file.close()
-            self.tb.close()
 
 
 def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | Path | None = None,
@@ -228,14 +154,14 @@ def _train(agent_id, env_id, steps, seed, run_dir, torch_device, ranks, override
             except OSError as err:
                 raise TrainError(f"cannot write the run directory {run_dir}: {err.strerror or err}") from None
         if resume and run_dir is not None:
-            _drop_metrics_after(run_dir / "metrics.jsonl", int(start["steps"]))
+            drop_metrics_after(run_dir / "metrics.jsonl", int(start["steps"]))
         if ranks.active:
             agent.rows = (ranks.rank * local_envs, config.num_envs)
             agent.reduce_gradients = ranks.average_gradients
             ranks.check_identical(agent.network, torch_device)  # same seed, same initial weights
         # Wall time so far, carried in the checkpoint (a run killed and resumed keeps counting);
         # checkpoints older than that field: the total recorded in config.json.
-        prior_wall = float(start.get("wall_seconds", _recorded_wall(run_dir) if resume else 0.0))
+        prior_wall = float(start.get("wall_seconds", recorded_wall(run_dir) if resume else 0.0))
         # A checkpoint from before wall time was checkpointed: say from which step it is counted.
         timed_from = int(start.get("timed_from_step", 0 if "wall_seconds" in start or not resume else start["steps"]))
         try:
@@ -246,41 +172,19 @@ def _train(agent_id, env_id, steps, seed, run_dir, torch_device, ranks, override
                           prior_wall=prior_wall, timed_from=timed_from)
         except TrainingInterrupted as stop:
             if run_dir is not None:  # the model card of a stopped run says how far it got
-                _record_training_facts(run_dir, stop.steps, stop.wall_seconds, torch_device, ranks.world, timed_from)
+                record_training_facts(run_dir, stop.steps, stop.wall_seconds, torch_device, ranks.world, timed_from)
             raise
         finally:
             agent.rows, agent.reduce_gradients = None, None
     finally:
         env.close()
     if run_dir is not None:
-        _record_training_facts(run_dir, result.steps, result.wall_seconds, torch_device, ranks.world, timed_from)
+        record_training_facts(run_dir, result.steps, result.wall_seconds, torch_device, ranks.world, timed_from)
     return result
-
-
-def _recorded_wall(run_dir: Path | None) -> float:
-    try:
-        return float(fmt.read_json(run_dir / fmt.CONFIG_FILE).get("training", {}).get("wall_seconds", 0.0))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return 0.0
 
 
 def agent_on_policy(agent_id: str) -> bool:
     return AGENTS[agent_id].on_policy
-
-
-def _drop_metrics_after(path: Path, steps: int) -> None:
-    """Keep the metrics of the steps the checkpoint holds: lines written after it (before a crash)
-    describe steps that will be run again, and a line cut by the crash is not JSON."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line)["step"] <= steps:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
-    fmt.write_text(path, "".join(line + "\n" for line in kept))
 
 
 class TrainingInterrupted(Exception):
@@ -306,28 +210,6 @@ def _stop_requests(enabled: bool):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def hardware_description(device: torch.device) -> str:
-    cpu = f"{os.cpu_count()} CPU cores ({platform.machine()})"
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, {cpu}"
-    return cpu
-
-
-def _record_training_facts(run_dir: Path, steps: int, wall_seconds: float, device: torch.device,
-                           processes: int = 1, timed_from: int = 0) -> None:
-    """Steps done, wall time (summed over resumes) and hardware, for the model card."""
-    config = fmt.read_json(run_dir / fmt.CONFIG_FILE)
-    training = config.setdefault("training", {})
-    training["steps_done"] = steps
-    training["wall_seconds"] = round(wall_seconds, 1)
-    if timed_from:
-        training["wall_seconds_from_step"] = timed_from
-    training["hardware"] = hardware_description(device)
-    if processes > 1:
-        training["hardware"] += f", {processes} processes"
-    fmt.write_json(run_dir / fmt.CONFIG_FILE, config)
 
 
 def _resume_setup(agent_id, env_id, run_dir, overrides, config_values, ranks: Ranks, device):
