@@ -133,3 +133,30 @@ def test_divergence_stops_training_and_keeps_the_last_checkpoint(tmp_path, monke
     assert state["steps"] == 2048  # the checkpoint before the divergence, not one after it
     weights = fmt.read_tensors(tmp_path / "run" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+@pytest.mark.parametrize("dtype,eps", [(torch.float32, 1e-5), (torch.float32, 1e-8), (torch.float64, 1e-5)])
+def test_rmsprop_steps_are_torch_rmsprops_bit_for_bit(dtype, eps):
+    """equirl's RMSprop takes sqrt(max(v, tiny)) to avoid slow roots of zero; the steps must not
+    change. Gradients include rows that are always zero, tiny and subnormal values."""
+    from equirl.agents.optim import RMSprop
+
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(64, 48, generator=gen, dtype=dtype)
+    ours, theirs = start.clone().requires_grad_(), start.clone().requires_grad_()
+    mine = RMSprop([ours], lr=7e-4, alpha=0.99, eps=eps)
+    reference = torch.optim.RMSprop([theirs], lr=7e-4, alpha=0.99, eps=eps)
+    for step in range(300):
+        grad = torch.randn(64, 48, generator=gen, dtype=dtype) * 10.0 ** -torch.randint(0, 30, (64, 1), generator=gen)
+        grad[:16] = 0.0  # weights behind dead units: v stays exactly 0
+        grad[16:20] = torch.finfo(dtype).tiny / 4  # subnormal gradients
+        if step > 200:
+            grad[20:40] = 0.0  # v decays towards subnormal values
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        mine.step()
+        reference.step()
+        assert torch.equal(ours, theirs), step
+    assert torch.equal(mine.state[ours]["square_avg"], reference.state[theirs]["square_avg"])
+    # The same state layout: a checkpoint written by either loads into the other.
+    mine.load_state_dict(reference.state_dict())
+    reference.load_state_dict(mine.state_dict())

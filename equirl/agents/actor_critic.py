@@ -14,6 +14,7 @@ from torch import Tensor
 from . import losses
 from .base import Agent, ObsInfo, Rollout
 from .networks import ActorCriticNetwork
+from .optim import RMSprop
 
 
 @dataclass
@@ -92,7 +93,7 @@ class ActorCriticAgent(Agent):
         self.log_ref = losses.log_reference(num_actions, config.reference)
         params = self.network.parameters()
         if config.optimizer == "rmsprop":
-            self.optimizer = torch.optim.RMSprop(params, lr=config.lr, alpha=config.rms_alpha, eps=config.eps)
+            self.optimizer = RMSprop(params, lr=config.lr, alpha=config.rms_alpha, eps=config.eps)
         else:
             self.optimizer = self.make_adam(config.lr, config.eps)
 
