@@ -44,13 +44,12 @@ RECIPES = [
     Recipe("soft-q", "CartPole-v1", 150_000, min_score=475),
     # About an hour at 800 steps/s with 2 threads on 2 CPU cores; resumable with --work.
     Recipe("a3c", "PongNoFrameskip-v4", 3_000_000, min_score=18, video_steps=600, half=True),
+    Recipe("matched-q", "PongNoFrameskip-v4", 3_000_000, min_score=18, video_steps=600, half=True),
 ]
 
 # Not bundled yet: hours of CPU each, trained across sessions with ``--work`` (resumable), bundled
 # by ``train-all --only NAME --work DIR`` once they reach min_score.
 TRAINING: list[Recipe] = [
-    # Started with `equirl train matched-q PongNoFrameskip-v4 --steps 3000000 ...` (the card says so).
-    Recipe("matched-q", "PongNoFrameskip-v4", 3_000_000, min_score=18, video_steps=600, half=True),
     # A3C's shared trunk with entropy-pg's Adam; bf16 halves the CNN's time on this CPU and this
     # run checks that it learns as well as float32.
     Recipe("entropy-pg", "PongNoFrameskip-v4", 3_000_000, overrides={"shared_trunk": True, "bf16": True},
