@@ -8,7 +8,7 @@ fraction of the ceiling measured in the same run.
         --agents a3c a3c+bf16 soft-q soft-q+bf16 --rounds 3
 
 ``+bf16`` trains with ``bf16=True``. soft-q keeps DQN's replay ratio (one update of batch 32 per 4
-agent steps) with ``--num-envs`` envs acting together.
+agent steps, paired_speed.py's settings) with ``--num-envs`` envs acting together.
 """
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ import subprocess
 import sys
 import time
 
-SOFT_Q = {"batch_size": 32, "train_freq": 4, "target_update_interval": 2000, "buffer_size": 100_000,
-          "learning_starts": 32}
+from paired_speed import equirl_sps  # benchmarks/ is on the path when this script runs
 
 
 def raw_sps(env_id: str, num_envs: int, seconds: float) -> float:
@@ -41,19 +40,8 @@ def raw_sps(env_id: str, num_envs: int, seconds: float) -> float:
 
 
 def train_sps(name: str, env_id: str, steps: int, num_envs: int, device: str) -> float:
-    agent, _, variant = name.partition("+")
-    if variant not in ("", "bf16"):
-        raise SystemExit(f"device_speed: error: unknown variant {variant!r} in {name!r} (known: bf16)")
-    values = {**(SOFT_Q if agent == "soft-q" else {}), "num_envs": num_envs, "bf16": variant == "bf16"}
-    code = (
-        "import json\n"
-        "from equirl.zoo.train import train\n"
-        f"train({agent!r}, {env_id!r}, {4 * num_envs * 5}, seed=0, device={device!r}, config_values={values!r})\n"
-        f"r = train({agent!r}, {env_id!r}, {steps}, seed=0, device={device!r}, config_values={values!r})\n"
-        "print(json.dumps({'sps': r.steps_per_second}))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["sps"]
+    """soft-q with DQN's replay settings (paired_speed.SOFT_Q_SETTINGS), at ``num_envs`` envs."""
+    return equirl_sps(name, env_id, steps, device=device, values={"num_envs": num_envs}, warmup=20 * num_envs)
 
 
 def main() -> int:

@@ -34,21 +34,23 @@ SOFT_Q_SETTINGS = {"num_envs": 4, "batch_size": 32, "train_freq": 4, "target_upd
                    "buffer_size": 100_000, "learning_starts": 32}
 
 
-def equirl_sps(name: str, env_id: str, steps: int, threads: int) -> float:
+def equirl_sps(name: str, env_id: str, steps: int, threads: int = 0, device: str = "cpu",
+               values: dict | None = None, warmup: int = 800) -> float:
     """A fresh process per run, like the SB3 side; a short warm-up run first in the same process.
-    ``name`` is an agent id, with ``+bf16`` for the bfloat16-autocast trunk (``a3c+bf16``)."""
+    ``name`` is an agent id, with ``+bf16`` for the bfloat16-autocast trunk (``a3c+bf16``);
+    ``values`` are further hyperparameters (soft-q gets DQN's replay settings)."""
     threads_line = f"torch.set_num_threads({threads})\n" if threads else ""
     agent, _, variant = name.partition("+")
-    values = dict(SOFT_Q_SETTINGS) if agent == "soft-q" else {}
+    values = {**(SOFT_Q_SETTINGS if agent == "soft-q" else {}), **(values or {})}
     if variant == "bf16":
         values["bf16"] = True
     elif variant:
-        raise SystemExit(f"paired_speed: error: unknown variant {variant!r} in {name!r} (known: bf16)")
+        raise SystemExit(f"unknown variant {variant!r} in {name!r} (known: bf16)")
     code = (
         "import json, torch\n" + threads_line +
         "from equirl.zoo.train import train\n"
-        f"train({agent!r}, {env_id!r}, 800, seed=0, device='cpu', config_values={values!r})\n"
-        f"r = train({agent!r}, {env_id!r}, {steps}, seed=0, device='cpu', config_values={values!r})\n"
+        f"train({agent!r}, {env_id!r}, {warmup}, seed=0, device={device!r}, config_values={values!r})\n"
+        f"r = train({agent!r}, {env_id!r}, {steps}, seed=0, device={device!r}, config_values={values!r})\n"
         "print(json.dumps({'sps': r.steps_per_second}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
