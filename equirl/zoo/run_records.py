@@ -90,6 +90,7 @@ class MetricsLog:
 
 
 def recorded_wall(run_dir: Path | None) -> float:
+    """The wall time config.json holds (0 if none): for checkpoints older than the field."""
     try:
         return float(fmt.read_json(run_dir / fmt.CONFIG_FILE).get("training", {}).get("wall_seconds", 0.0))
     except (OSError, ValueError, TypeError, AttributeError):

@@ -295,6 +295,10 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
 
     stepping_start = time.perf_counter()
 
+    def wall_seconds() -> float:
+        """The whole run's wall time: earlier parts (from the checkpoint) plus this one."""
+        return prior_wall + time.perf_counter() - start
+
     def finished(new: list[Episode]) -> None:
         for episode in new:
             episodes.append(episode)
@@ -305,7 +309,7 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
         if run_dir is None:
             return
         state = {"steps": steps, "updates": updates, "episodes": start_episodes + len(episodes),
-                 "wall_seconds": round(prior_wall + time.perf_counter() - start, 1)}
+                 "wall_seconds": round(wall_seconds(), 1)}
         if timed_from:
             state["timed_from_step"] = timed_from
         tensors = {}
@@ -367,7 +371,7 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
                 if stop:
                     checkpoint()
                     raise TrainingInterrupted(steps, stop_requested[0] if stop_requested else "SIGTERM",
-                                              prior_wall + time.perf_counter() - start)
+                                              wall_seconds())
                 if run_dir is not None and checkpoint_every and steps - last_checkpoint >= checkpoint_every:
                     checkpoint()
                     last_checkpoint = steps
