@@ -73,3 +73,50 @@ def test_bf16_training_is_recorded_reproducible_and_loads_as_trained(agent_id, v
 def test_bf16_and_float64_together_are_refused(agent_id):
     with pytest.raises(ValueError, match="bf16"):
         make_config(agent_id, "atari", bf16=True, float64=True)
+
+
+def _grad_free_matches_autocast(network: torch.nn.Module, obs: torch.Tensor) -> bool:
+    """A gradient-free forward (cached bf16 weights) against the autocast one (with gradient)."""
+    with torch.no_grad():
+        cached = network(obs)
+    fresh = network(obs)
+    cached, fresh = (cached, fresh) if isinstance(fresh, tuple) else ((cached,), (fresh,))
+    return all(torch.equal(a, b.detach()) for a, b in zip(cached, fresh))
+
+
+@pytest.mark.parametrize("agent_id,values", [
+    ("a3c", {}),  # RMSprop (equirl/agents/optim.py)
+    ("entropy-pg", {"shared_trunk": False}),  # fused Adam, two CNN trunks
+    ("soft-q", {"target_update_interval": 2}),  # fused Adam, and a target network synced by copy
+])
+def test_cached_bf16_weights_follow_every_weight_update(agent_id, values):
+    from equirl.agents import AGENTS, ObsInfo, ReplaySample, Rollout
+    from equirl.agents.networks import default_trunk_spec
+
+    config = make_config(agent_id, "atari", bf16=True, **values)
+    spec = {"trunk": default_trunk_spec((4, 84, 84), "uint8")}
+    agent = AGENTS[agent_id](config, ObsInfo((4, 84, 84), "uint8"), 6, spec, "cpu", 0)
+    gen = torch.Generator().manual_seed(4)
+    pixels = lambda *shape: torch.randint(0, 256, shape + (4, 84, 84), dtype=torch.uint8, generator=gen)
+    probe = pixels(5)
+    networks = [agent.network] + ([agent.target] if agent_id == "soft-q" else [])
+    fc_weights = lambda: [net.trunk.fc[0].weight.detach().clone() for net in networks]
+    for step in range(4):
+        assert all(_grad_free_matches_autocast(net, probe) for net in networks), step
+        before = fc_weights()
+        if agent_id == "soft-q":
+            n = config.n_steps
+            batch = ReplaySample(pixels(8), torch.randint(0, 6, (8,), generator=gen), torch.ones(n, 8),
+                                 torch.zeros(n, 8), torch.zeros(n, 8, dtype=torch.bool),
+                                 torch.zeros(n, 8, dtype=torch.bool), pixels(8))
+        else:
+            t, b = config.n_steps, 2
+            batch = Rollout(pixels(t, b), torch.randint(0, 6, (t, b), generator=gen), torch.ones(t, b),
+                            torch.zeros(t, b, dtype=torch.bool), torch.zeros(t, b, dtype=torch.bool),
+                            pixels(b), pixels(0), torch.zeros(0, 2, dtype=torch.long))
+        agent.learn(batch)
+        # Every step moves the online weights, and every second one the target's: a cache that
+        # missed any of these updates fails the comparison that follows.
+        moved = [not torch.equal(a, b) for a, b in zip(before, fc_weights())]
+        assert moved == [True] + ([step % 2 == 1] if agent_id == "soft-q" else []), (step, moved)
+    assert all(_grad_free_matches_autocast(net, probe) for net in networks)

@@ -158,7 +158,13 @@ class Agent:
         # fixed-seed classic-control results (learning tests, bundled recipes) were made with: the
         # two round differently.
         big = sum(p.numel() for p in params) > 1_000_000
-        return torch.optim.Adam(params, lr=lr, eps=eps, **({"fused": True} if big else {}))
+        adam = torch.optim.Adam(params, lr=lr, eps=eps, **({"fused": True} if big else {}))
+        if big:
+            # The fused kernel writes the parameters without bumping their version counters, as
+            # every other in-place update does. Bump them, so that what relies on the counters
+            # sees the step: autograd's stale-graph checks, and NatureCNN's cached bf16 weights.
+            adam.register_step_post_hook(lambda *_: torch.autograd.graph.increment_version(params))
+        return adam
 
     def clip_and_step(self, loss: Tensor, max_grad_norm: float) -> float:
         self.optimizer.zero_grad(set_to_none=True)

@@ -54,6 +54,10 @@ TRAINING: list[Recipe] = [
     # run checks that it learns as well as float32.
     Recipe("entropy-pg", "PongNoFrameskip-v4", 3_000_000, overrides={"shared_trunk": True, "bf16": True},
            min_score=18, video_steps=600, half=True),
+    # DQN's replay settings with the soft backup (the paper's §6.2, tau 0.1) and 5-step targets,
+    # which the paper found better on Pong; ~200 steps/s here, so several sessions.
+    Recipe("soft-q", "PongNoFrameskip-v4", 3_000_000, overrides={"n_steps": 5, "bf16": True},
+           min_score=18, video_steps=600, half=True),
 ]
 
 
