@@ -28,6 +28,9 @@ DEFAULT_SB3 = HERE.parent.parent / "shared" / "bench" / "sb3_a2c_reference.py"
 
 
 DQN_SCRIPT = HERE / "sb3_dqn_reference.py"
+# The on-policy agents with SB3 A2C's network and optimizer (one shared CNN, RMSprop 7e-4): a3c's
+# and matched-q's defaults already; entropy-pg's defaults (two CNNs, Adam) would time another model.
+A2C_SETTINGS = {"shared_trunk": True, "optimizer": "rmsprop", "lr": 7e-4}
 # soft-q with the settings of sb3_dqn_reference.py (learning_starts 32: the timed run updates
 # throughout, as SB3's does after its warm-up).
 SOFT_Q_SETTINGS = {"num_envs": 4, "batch_size": 32, "train_freq": 4, "target_update_interval": 2000,
@@ -41,7 +44,7 @@ def equirl_sps(name: str, env_id: str, steps: int, threads: int = 0, device: str
     ``values`` are further hyperparameters (soft-q gets DQN's replay settings)."""
     threads_line = f"torch.set_num_threads({threads})\n" if threads else ""
     agent, _, variant = name.partition("+")
-    values = {**(SOFT_Q_SETTINGS if agent == "soft-q" else {}), **(values or {})}
+    values = {**(SOFT_Q_SETTINGS if agent == "soft-q" else A2C_SETTINGS), **(values or {})}
     if variant == "bf16":
         values["bf16"] = True
     elif variant:
