@@ -40,7 +40,8 @@ def raw_sps(env_id: str, num_envs: int, seconds: float) -> float:
 
 
 def train_sps(name: str, env_id: str, steps: int, num_envs: int, device: str) -> float:
-    """soft-q with DQN's replay settings (paired_speed.SOFT_Q_SETTINGS), at ``num_envs`` envs."""
+    """Training steps/s with paired_speed's settings (SB3 A2C's model for the on-policy agents,
+    DQN's replay settings for soft-q), at ``num_envs`` envs."""
     return equirl_sps(name, env_id, steps, device=device, values={"num_envs": num_envs}, warmup=20 * num_envs)
 
 

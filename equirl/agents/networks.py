@@ -40,8 +40,9 @@ class NatureCNN(nn.Module):
         # forward+backward of a CPU update (BENCHMARKS.md). The same maths; files store plain
         # contiguous tensors (hub/format.py), so weights load into either layout.
         self.convs.to(memory_format=torch.channels_last)
-        # bf16 weights for gradient-free forwards (see _bf16_layers). A plain attribute, not a
-        # buffer: never saved to a file or a state dict.
+        # bf16 weights for gradient-free forwards (see _bf16_layers). Plain attributes, not
+        # buffers or submodules: never saved to a file or a state dict.
+        self._layers = tuple(m for m in self.convs if isinstance(m, nn.Conv2d)) + (self.fc[0],)
         self._bf16_cache: tuple | None = None
 
     def forward(self, obs: Tensor) -> Tensor:
@@ -71,17 +72,16 @@ class NatureCNN(nn.Module):
         weight update instead of once per call. Acting runs this (no gradient): autocast would
         re-cast all weights, the 1.6M-parameter FC above all, on every step; this is 27% off a
         16-frame forward and 42% off a 1-frame one on CPU (BENCHMARKS.md)."""
-        layers = self._bf16_layers()
-        for (weight, bias), conv in zip(layers, self._conv_layers):
+        *convs, fc = self._bf16_layers()
+        for (weight, bias), conv in zip(convs, self._layers):
             x = F.relu(F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation))
-        weight, bias = layers[-1]
-        return F.relu(F.linear(x.flatten(1), weight, bias)).float()
+        return F.relu(F.linear(x.flatten(1), *fc)).float()
 
     def _bf16_layers(self) -> list[tuple[Tensor, Tensor]]:
         # Valid while every parameter is the same storage at the same version: any in-place
         # update (an optimizer step, load_state_dict, a target sync) bumps the version counter.
         # The cache holds the source tensors, so their memory cannot be reused by new ones.
-        params = [p for layer in self._conv_layers + [self.fc[0]] for p in (layer.weight, layer.bias)]
+        params = [p for layer in self._layers for p in (layer.weight, layer.bias)]
         cache = self._bf16_cache
         if cache is None or any(src.data_ptr() != p.data_ptr() or version != p._version
                                 for (src, version), p in zip(cache[0], params)):
@@ -89,10 +89,6 @@ class NatureCNN(nn.Module):
             cast = [p.detach().to(torch.bfloat16) for p in params]
             self._bf16_cache = cache = (sources, list(zip(cast[::2], cast[1::2])))
         return cache[1]
-
-    @property
-    def _conv_layers(self) -> list[nn.Conv2d]:
-        return [m for m in self.convs if isinstance(m, nn.Conv2d)]
 
 
 class MLP(nn.Module):
