@@ -1,0 +1,119 @@
+"""How far bfloat16 moves an on-policy agent's gradient, layer by layer, on real Atari states.
+
+Loads an agent (a bundled name, a run folder or a Hub repo), collects rollouts with its own
+policy on its own env, and computes the a3c/entropy-pg loss gradient with the Nature CNN in
+float32 (the reference) and with bfloat16 autocast on chosen layers. For each choice it prints:
+
+- cos: cosine between the bf16 and float32 gradients (all parameters), median over batches;
+- err: |g_bf16 - g_f32| / |g_f32|, median over batches;
+- err corr: mean cosine between the error vectors of different batches. Noise would give ~0;
+  a value near the gradients' own cross-batch cosine means the error is a bias that
+  accumulates over updates instead of averaging out;
+- conv1 norm: |g_bf16| / |g_f32| for the first convolution's weights.
+
+With ``--evaluate N`` it also plays N protocol episodes greedily with the whole trunk in bf16
+and reports how often its greedy action agrees with float32's on the visited states.
+
+    .venv/bin/python benchmarks/bf16_gradients.py a3c-Pong --batches 12 [--evaluate 30]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+import equirl
+from equirl.agents.a3c import entropy_regularized_pg_loss
+from equirl.zoo.rollout import OnPolicyCollector
+
+LAYERS = ("conv1", "conv2", "conv3", "fc")
+CHOICES = {"all bf16": LAYERS, "all but conv1": LAYERS[1:], "conv3 and fc": LAYERS[2:], "conv1 only": ("conv1",),
+           "conv2 only": ("conv2",), "conv3 only": ("conv3",), "fc only": ("fc",)}
+
+
+def layerwise_forward(trunk, in_bf16: set):
+    """The Nature CNN's forward with autocast switched per layer (the agent's own forward
+    switches all four at once)."""
+    convs = [m for m in trunk.convs if isinstance(m, torch.nn.Conv2d)]
+
+    def forward(obs):
+        x = obs.contiguous(memory_format=torch.channels_last).float() / 255.0
+        for name, layer in zip(LAYERS, convs + [trunk.fc[0]]):
+            if name == "fc":
+                x = x.flatten(1)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name in in_bf16):
+                x = F.relu(layer(x if name in in_bf16 else x.float()))
+        return x.float()
+    return forward
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("agent", help="bundled name, run folder or Hub repo of an a3c/entropy-pg agent")
+    parser.add_argument("--batches", type=int, default=12, help="rollouts of 16 envs x 5 steps")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--evaluate", type=int, default=0, metavar="N", help="also play N episodes in bf16")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    agent = equirl.load(args.agent)
+    if agent.agent_id not in ("a3c", "entropy-pg"):
+        raise SystemExit(f"{args.agent}: an a3c or entropy-pg agent is needed, not {agent.agent_id}")
+    agent.optimize = lambda loss, terms, metrics: loss  # the loss, not an optimizer step
+    trunks = [m for m in agent.network.modules() if hasattr(m, "convs")]
+    params = list(agent.network.parameters())
+    conv1 = trunks[0].convs[0].weight
+
+    def gradients(batch, in_bf16):
+        for trunk in trunks:
+            trunk.forward = layerwise_forward(trunk, set(in_bf16))
+        grads = torch.autograd.grad(entropy_regularized_pg_loss(agent, batch), params)
+        # float64 for the comparisons, so the cosines are not themselves rounded
+        return torch.cat([g.flatten() for g in grads]).double(), grads[params.index(conv1)].double()
+
+    for trunk in trunks:  # rollouts with the float32 policy
+        trunk.forward = layerwise_forward(trunk, set())
+    collector = OnPolicyCollector(agent.make_env(num_envs=16), 5, seed=args.seed)
+    batches = [collector.collect(agent)[0] for _ in range(args.batches)]
+    reference = [gradients(batch, ()) for batch in batches]
+    signal = torch.stack([F.normalize(g, dim=0) for g, _ in reference])
+    off_diagonal = ~torch.eye(len(batches), dtype=torch.bool)
+    print(f"{args.agent}: {len(batches)} batches of 80 transitions; the float32 gradients' own "
+          f"cross-batch cosine: {float((signal @ signal.T)[off_diagonal].mean()):.3f}")
+    print("| bf16 layers | cos | err | err corr | conv1 norm |\n|---|---|---|---|---|")
+    for label, in_bf16 in CHOICES.items():
+        cos, err, norm, errors = [], [], [], []
+        for batch, (g32, c32) in zip(batches, reference):
+            g16, c16 = gradients(batch, in_bf16)
+            cos.append(float(F.cosine_similarity(g16, g32, dim=0)))
+            err.append(float((g16 - g32).norm() / g32.norm()))
+            norm.append(float(c16.norm() / c32.norm()))
+            errors.append(F.normalize(g16 - g32, dim=0))
+        e = torch.stack(errors)
+        corr = float((e @ e.T)[off_diagonal].mean())
+        print(f"| {label} | {torch.tensor(cos).median():.4f} | {torch.tensor(err).median():.3f} | {corr:.3f} "
+              f"| {torch.tensor(norm).median():.3f} |")
+    if args.evaluate:
+        evaluate_in_bf16(agent, trunks, batches, args.evaluate)
+
+
+def evaluate_in_bf16(agent, trunks, batches, episodes: int) -> None:
+    from equirl.evaluation.evaluate import evaluate
+
+    states = torch.cat([batch.obs.flatten(0, 1) for batch in batches])
+    with torch.no_grad():
+        for trunk in trunks:
+            trunk.forward = layerwise_forward(trunk, set())
+        log_pi32 = agent.action_logits(states).log_softmax(-1)
+        for trunk in trunks:
+            trunk.forward = layerwise_forward(trunk, set(LAYERS))
+        log_pi16 = agent.action_logits(states).log_softmax(-1)
+    agree = (log_pi32.argmax(-1) == log_pi16.argmax(-1)).double().mean()
+    kl = (log_pi32.exp() * (log_pi32 - log_pi16)).sum(-1).mean()
+    print(f"greedy actions agree on {float(agree):.1%} of {len(states)} states; mean KL(f32 || bf16) {float(kl):.1e}")
+    score = evaluate(agent, None, episodes=episodes)  # the protocol recorded with the agent
+    print(f"greedy play with the trunk in bf16: {score.mean:.2f} +/- {score.std:.2f} over {episodes} episodes")
+
+
+if __name__ == "__main__":
+    main()
