@@ -14,11 +14,16 @@ float32 (the reference) and with bfloat16 autocast on chosen layers. For each ch
 With ``--evaluate N`` it also plays N protocol episodes greedily with the whole trunk in bf16
 and reports how often its greedy action agrees with float32's on the visited states.
 
+With ``--time N`` it instead times forward+backward of 80 frames through a fresh Nature CNN for
+each choice of bf16 layers (N alternated rounds, medians; one thread).
+
     .venv/bin/python benchmarks/bf16_gradients.py a3c-Pong --batches 12 [--evaluate 30]
+    .venv/bin/python benchmarks/bf16_gradients.py --time 25
 """
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 import torch.nn.functional as F
@@ -50,12 +55,17 @@ def layerwise_forward(trunk, in_bf16: set):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("agent", help="bundled name, run folder or Hub repo of an a3c/entropy-pg agent")
+    parser.add_argument("agent", nargs="?", help="bundled name, run folder or Hub repo of an a3c/entropy-pg agent")
     parser.add_argument("--batches", type=int, default=12, help="rollouts of 16 envs x 5 steps")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--evaluate", type=int, default=0, metavar="N", help="also play N episodes in bf16")
+    parser.add_argument("--time", type=int, default=0, metavar="N", help="only time each choice, N rounds")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.time:
+        return time_choices(args.time)
+    if args.agent is None:
+        parser.error("an agent is needed (or --time N)")
     agent = equirl.load(args.agent)
     if agent.agent_id not in ("a3c", "entropy-pg"):
         raise SystemExit(f"{args.agent}: an a3c or entropy-pg agent is needed, not {agent.agent_id}")
@@ -95,6 +105,26 @@ def main() -> None:
               f"| {torch.tensor(norm).median():.3f} |")
     if args.evaluate:
         evaluate_in_bf16(agent, trunks, batches, args.evaluate)
+
+
+def time_choices(rounds: int) -> None:
+    from equirl.agents.networks import NatureCNN
+
+    torch.manual_seed(0)
+    trunk = NatureCNN(4, 84, 84)
+    frames = torch.randint(0, 256, (80, 4, 84, 84), dtype=torch.uint8)
+    choices = {"none (float32)": (), **CHOICES}
+    seconds = {label: [] for label in choices}
+    for round_ in range(rounds + 2):  # the first two rounds warm up
+        for label, in_bf16 in choices.items():
+            forward = layerwise_forward(trunk, set(in_bf16))
+            start = time.perf_counter()
+            forward(frames).sum().backward()
+            if round_ >= 2:
+                seconds[label].append(time.perf_counter() - start)
+    print("| bf16 layers | forward+backward of 80 frames (ms, median) |\n|---|---|")
+    for label, times in seconds.items():
+        print(f"| {label} | {1000 * float(torch.tensor(times).median()):.1f} |")
 
 
 def evaluate_in_bf16(agent, trunks, batches, episodes: int) -> None:
