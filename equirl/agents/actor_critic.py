@@ -53,7 +53,9 @@ class ActorCriticConfig:
     """Compute in float64 (used by the equivalence checks)."""
     bf16: bool = False
     """Run the CNN trunk under bfloat16 autocast: faster on CPUs with AMX/AVX512-BF16 and on
-    recent GPUs; weights, optimizer and losses stay float32. Not bit-identical to float32."""
+    recent GPUs; weights, optimizer and losses stay float32. Not bit-identical to float32, and
+    on Pong its gradient drifts from float32's as play improves (BENCHMARKS.md): the one bf16 run
+    with A3C's settings scored 5.53 where float32 scored 18-20."""
 
     def validate(self) -> None:
         checks = {

@@ -73,7 +73,10 @@ class SoftQConfig:
     """Compute in float64."""
     bf16: bool = False
     """Run the CNN trunk under bfloat16 autocast: faster on CPUs with AMX/AVX512-BF16 and on
-    recent GPUs; weights, optimizer and losses stay float32. Not bit-identical to float32."""
+    recent GPUs; weights, optimizer and losses stay float32. Not bit-identical to float32, and
+    on Pong the actor-critic agents' bf16 gradient drifts from float32's as play improves and
+    their one bf16 run scored 5.53 where float32 scored 18-20 (BENCHMARKS.md); soft-q's is not
+    measured."""
 
     def validate(self) -> None:
         checks = {
