@@ -59,7 +59,7 @@ RECIPES = [
 TRAINING: list[Recipe] = [
     # DQN's replay settings with the soft backup (the paper's §6.2, tau 0.1) and 5-step targets,
     # which the paper found better on Pong; float32 (bf16's gradient drifts late in training,
-    # BENCHMARKS.md); ~150 steps/s here: several sessions.
+    # BENCHMARKS.md); ~150 steps/s here early, ~90 by 0.4M (subnormal Adam state): several sessions.
     Recipe("soft-q", "PongNoFrameskip-v4", 3_000_000, overrides={"n_steps": 5},
            min_score=18, video_steps=600, half=True),
 ]
