@@ -161,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("train", "experiment") or getattr(args, "zoo_command", None) == "train-all":
+        from .zoo.numerics import flush_subnormals
+
+        # Before any tensor work, so that torch's worker threads start flushing too (numerics.py).
+        flush_subnormals()
     if args.command == "train":
         from .zoo.envs import EnvError
         from .zoo.train import TrainError, TrainingInterrupted, train

@@ -112,6 +112,17 @@ def drop_metrics_after(path: Path, steps: int) -> None:
     fmt.write_text(path, "".join(line + "\n" for line in kept))
 
 
+def record_flush_state(run_dir: Path, step: int, state: str) -> None:
+    """Add where subnormals are flushed from ``step`` on (see :mod:`equirl.zoo.numerics`) to the
+    run's ``training.flush_denormal``, a map from the step each state began at to the state.
+    Runs started before the field existed never flushed."""
+    config = fmt.read_json(run_dir / fmt.CONFIG_FILE)
+    history = config.setdefault("training", {}).setdefault("flush_denormal", {"0": "off"})
+    if history[max(history, key=int)] != state:
+        history[str(step)] = state
+        fmt.write_json(run_dir / fmt.CONFIG_FILE, config)
+
+
 def hardware_description(device: torch.device) -> str:
     cpu = f"{os.cpu_count()} CPU cores ({platform.machine()})"
     if device.type == "cuda":

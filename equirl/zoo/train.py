@@ -28,7 +28,9 @@ from .distributed import DistributedError, Ranks
 from .envs import EnvSpec, make_vector_env, spec_from_id
 from .replay import ReplayBuffer
 from .rollout import Episode, OnPolicyCollector, ReplayCollector
-from .run_records import MetricsLog, drop_metrics_after, record_training_facts, recorded_wall, run_config
+from .numerics import subnormals_flushed
+from .run_records import (MetricsLog, drop_metrics_after, record_flush_state, record_training_facts, recorded_wall,
+                          run_config)
 
 # Replay buffers up to this size are saved in every checkpoint (CartPole's 50k transitions take
 # about 1.6 MB); Atari's are refilled after a resume instead.
@@ -109,14 +111,15 @@ def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | P
     torch_device = ranks.device(resolve_device(device))
     ranks.start(torch_device)
     try:
-        return _train(agent_id, env_id, steps, seed, run_dir, torch_device, ranks, overrides, config_values,
-                      progress, log_every, checkpoint_every, command, resume, sync_check_every)
+        with subnormals_flushed() as flush:
+            return _train(agent_id, env_id, steps, seed, run_dir, torch_device, ranks, overrides, config_values,
+                          progress, log_every, checkpoint_every, command, resume, sync_check_every, flush)
     finally:
         ranks.stop()
 
 
 def _train(agent_id, env_id, steps, seed, run_dir, torch_device, ranks, overrides, config_values,
-           progress, log_every, checkpoint_every, command, resume, sync_check_every) -> TrainResult:
+           progress, log_every, checkpoint_every, command, resume, sync_check_every, flush) -> TrainResult:
     checkpoint_bytes = None
     if resume:
         config, spec, seed, checkpoint_bytes = _resume_setup(agent_id, env_id, run_dir, overrides, config_values,
@@ -150,11 +153,12 @@ def _train(agent_id, env_id, steps, seed, run_dir, torch_device, ranks, override
                 run_dir.mkdir(parents=True, exist_ok=True)
                 fmt.write_json(run_dir / fmt.CONFIG_FILE, run_config(
                     agent, {"total_steps": steps, "device": str(torch_device), "command": command,
-                            "processes": ranks.world}))
+                            "processes": ranks.world, "flush_denormal": {"0": flush}}))
             except OSError as err:
                 raise TrainError(f"cannot write the run directory {run_dir}: {err.strerror or err}") from None
         if resume and run_dir is not None:
             drop_metrics_after(run_dir / "metrics.jsonl", int(start["steps"]))
+            record_flush_state(run_dir, int(start["steps"]), flush)
         if ranks.active:
             agent.rows = (ranks.rank * local_envs, config.num_envs)
             agent.reduce_gradients = ranks.average_gradients
