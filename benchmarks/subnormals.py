@@ -6,11 +6,21 @@ optimizer-state tensor in a run's checkpoint, then times one fused Adam step of 
 parameter with that stored state against the same state with subnormals flushed to zero
 (alternated, medians, one thread).
 
-    .venv/bin/python benchmarks/subnormals.py /work/zoo-runs/soft-q-PongNoFrameskip-v4
+With ``--train-steps N`` it also measures the whole training loop: copies of the run are resumed
+for N steps past the buffer refill, alternately with ``EQUIRL_FLUSH_DENORMAL=0`` and with
+flushing (equirl's default), and the steps/s after the refill are compared.
+
+    .venv/bin/python benchmarks/subnormals.py /work/zoo-runs/soft-q-PongNoFrameskip-v4 [--train-steps 4000]
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,11 +45,46 @@ def median_ms(seconds: list[float]) -> float:
     return 1000 * sorted(seconds)[len(seconds) // 2]
 
 
+def resumed_speed(run: Path, steps: int, flush: bool) -> float:
+    """Steps/s of a copy of ``run`` resumed for ``steps`` steps after its refill, learning only."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "run"
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("tb"))
+        config = json.loads((copy / "config.json").read_text())
+        start = json.loads((copy / "checkpoint.json").read_text())["steps"]
+        refill = config["hyperparameters"].get("learning_starts", 0)
+        # The interval that is timed: from the first update logged after the refill to the last.
+        end = start + refill + steps
+        env = {**os.environ, "EQUIRL_FLUSH_DENORMAL": "1" if flush else "0"}
+        done = subprocess.run([sys.executable, "-m", "equirl", "train", config["agent"], config["env"]["env_id"],
+                               "--steps", str(end), "--out", str(copy), "--resume", "--no-progress",
+                               "--checkpoint-every", str(10 * end)], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"resuming a copy of {run} failed:\n{done.stderr}")
+        # metrics.jsonl's sps is cumulative since the resume: elapsed = (step - start) / sps.
+        updates = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+        updates = [u for u in updates if u["kind"] == "update" and u["step"] > start + refill and u["sps"] > 0]
+        first, last = updates[0], updates[-1]
+        elapsed = [(u["step"] - start) / u["sps"] for u in (first, last)]
+        return (last["step"] - first["step"]) / (elapsed[1] - elapsed[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a run folder with checkpoint.safetensors")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--train-steps", type=int, default=0, help="also time the training loop, N steps a run")
+    parser.add_argument("--train-rounds", type=int, default=2)
     args = parser.parse_args()
+    if args.train_steps:
+        speeds = {False: [], True: []}
+        for _ in range(args.train_rounds):
+            for flush in (False, True):
+                speeds[flush].append(resumed_speed(args.run, args.train_steps, flush))
+                print(f"training loop, {'flushing' if flush else 'EQUIRL_FLUSH_DENORMAL=0'}: "
+                      f"{speeds[flush][-1]:.1f} steps/s", flush=True)
+        ratio = sorted(speeds[True])[len(speeds[True]) // 2] / sorted(speeds[False])[len(speeds[False]) // 2]
+        print(f"median speed-up from flushing: {ratio:.2f}x")
     torch.set_num_threads(1)
     state = {name: t for name, t in load_file(str(args.run / "checkpoint.safetensors")).items()
              if name.startswith("optim.") and t.dtype == torch.float32 and t.numel() > 1}

@@ -164,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("train", "experiment") or getattr(args, "zoo_command", None) == "train-all":
         from .zoo.numerics import flush_subnormals
 
-        # Before any tensor work, so that torch's worker threads start flushing too (numerics.py).
-        flush_subnormals()
+        try:  # before any tensor work, so that torch's worker threads start flushing too (numerics.py)
+            flush_subnormals()
+        except ValueError as err:
+            parser.exit(2, f"equirl {args.command}: error: {err}\n")
     if args.command == "train":
         from .zoo.envs import EnvError
         from .zoo.train import TrainError, TrainingInterrupted, train

@@ -73,3 +73,16 @@ def test_train_in_python_restores_the_callers_mode(tmp_path):
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["training"]["flush_denormal"]["0"]
     assert recorded != "off"  # at least the calling thread flushed while training
     assert flush_state() == before
+
+
+def test_flushing_can_be_turned_off_and_a_bad_setting_is_refused(tmp_path):
+    env = {**TWO_THREADS, "EQUIRL_FLUSH_DENORMAL": "0"}
+    off = subprocess.run([sys.executable, "-m", "equirl", "train", "a3c", "CartPole-v1", "--steps", "128", "--out",
+                          "run", "--no-progress"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert off.returncode == 0, off.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["training"]["flush_denormal"] == {"0": "off"}
+    env["EQUIRL_FLUSH_DENORMAL"] = "yes"
+    bad = subprocess.run([sys.executable, "-m", "equirl", "train", "a3c", "CartPole-v1", "--steps", "128", "--out",
+                          "bad", "--no-progress"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert bad.returncode == 2 and "EQUIRL_FLUSH_DENORMAL must be 0 or 1, got 'yes'" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()

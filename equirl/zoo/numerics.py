@@ -11,9 +11,13 @@ bit-identical to a run without it, so config.json records which was used.
 threads copy the mode of the thread that starts them, when the first parallel operation runs:
 the ``equirl`` command therefore flushes before any tensor work, and :func:`flush_state`
 measures rather than assumes what every thread does.
+
+``EQUIRL_FLUSH_DENORMAL=0`` turns it off, e.g. to continue a run made before equirl flushed and
+reproduce it bit for bit, or to measure what flushing saves (``benchmarks/subnormals.py``).
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
@@ -38,10 +42,17 @@ def flush_state() -> str:
     return "calling thread" if calling else "off"
 
 
+def wanted() -> bool:
+    value = os.environ.get("EQUIRL_FLUSH_DENORMAL", "1").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"EQUIRL_FLUSH_DENORMAL must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
 def flush_subnormals() -> bool:
     """Flush subnormals in this thread and in torch threads started after it. False if the CPU
-    has no such mode (then nothing changes)."""
-    return torch.set_flush_denormal(True)
+    has no such mode or ``EQUIRL_FLUSH_DENORMAL=0`` (then nothing changes)."""
+    return wanted() and torch.set_flush_denormal(True)
 
 
 @contextmanager
