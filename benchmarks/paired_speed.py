@@ -10,6 +10,16 @@ runs in one invocation keep a shared, noisy machine fair to both sides.
 ``a3c+bf16`` (any agent, ``+bf16``) runs the agent with ``bf16=True``: its CNN under bfloat16
 autocast.
 
+Each equirl run imports equirl before torch, as the ``equirl`` command does, so it gets the
+``OMP_WAIT_POLICY=PASSIVE`` that ``import equirl`` sets (OpenMP reads it once, when torch loads
+it). SB3 runs as shipped, with OpenMP's default of spinning idle threads; ``--sb3-passive`` adds
+SB3 runs with ``OMP_WAIT_POLICY=PASSIVE`` in their environment too (``sb3-a2c+passive``), so the
+table shows what that one setting is worth to either side.
+
+``--plain`` adds the brief's third anchor, a hand-written PyTorch A2C loop over the same vector
+env (plain_a2c.py): as written (``plain-a2c``) and with equirl's two loop-independent settings,
+channels-last and passive waits (``plain-a2c+tuned``).
+
 soft-q is paired with SB3's DQN at DQN's replay ratio (sb3_dqn_reference.py: 4 envs, one update
 of batch 32 every 4 agent steps). The A2C side runs ../shared/bench/sb3_a2c_reference.py (SB3's
 own Atari wrappers, as its users run it); pass --sb3-script to point elsewhere.
@@ -18,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -28,6 +39,7 @@ DEFAULT_SB3 = HERE.parent.parent / "shared" / "bench" / "sb3_a2c_reference.py"
 
 
 DQN_SCRIPT = HERE / "sb3_dqn_reference.py"
+PLAIN_SCRIPT = HERE / "plain_a2c.py"
 # The on-policy agents with SB3 A2C's network and optimizer (one shared CNN, RMSprop 7e-4): a3c's
 # and matched-q's defaults already; entropy-pg's defaults (two CNNs, Adam) would time another model.
 A2C_SETTINGS = {"shared_trunk": True, "optimizer": "rmsprop", "lr": 7e-4}
@@ -50,7 +62,7 @@ def equirl_sps(name: str, env_id: str, steps: int, threads: int = 0, device: str
     elif variant:
         raise SystemExit(f"unknown variant {variant!r} in {name!r} (known: bf16)")
     code = (
-        "import json, torch\n" + threads_line +
+        "import equirl, json, torch\n" + threads_line +  # equirl first: see the module docstring
         "from equirl.zoo.train import train\n"
         f"train({agent!r}, {env_id!r}, {warmup}, seed=0, device={device!r}, config_values={values!r})\n"
         f"r = train({agent!r}, {env_id!r}, {steps}, seed=0, device={device!r}, config_values={values!r})\n"
@@ -60,11 +72,14 @@ def equirl_sps(name: str, env_id: str, steps: int, threads: int = 0, device: str
     return json.loads(out.stdout.strip().splitlines()[-1])["sps"]
 
 
-def sb3_sps(script: Path, env_id: str, steps: int, threads: int, n_envs: int) -> float:
+def sb3_sps(script: Path, env_id: str, steps: int, threads: int, n_envs: int, passive: bool = False) -> float:
     args = [sys.executable, str(script), "--env", env_id, "--n-envs", str(n_envs), "--steps", str(steps)]
     if threads:
         args += ["--threads", str(threads)]
-    out = subprocess.run(args, capture_output=True, text=True, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}  # SB3 as shipped ...
+    if passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"  # ... or given the setting equirl makes
+    out = subprocess.run(args, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["sps"]
 
 
@@ -77,30 +92,47 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: default)")
     parser.add_argument("--sb3-script", type=Path, default=DEFAULT_SB3)
+    parser.add_argument("--sb3-passive", action="store_true",
+                        help="also run SB3 with OMP_WAIT_POLICY=PASSIVE (sb3-a2c+passive, sb3-dqn+passive)")
+    parser.add_argument("--plain", action="store_true",
+                        help="also run the plain PyTorch A2C loop (plain-a2c, plain-a2c+tuned)")
     args = parser.parse_args()
     if not args.sb3_script.exists():
         parser.exit(2, f"paired_speed: error: SB3 reference script not found: {args.sb3_script}\n")
     off_policy = [a for a in args.agents if a.partition("+")[0] == "soft-q"]
     on_policy = [a for a in args.agents if a not in off_policy]
-    names = (["sb3-a2c"] if on_policy else []) + on_policy + (["sb3-dqn"] + off_policy if off_policy else [])
+    a2c = ["sb3-a2c"] + (["sb3-a2c+passive"] if args.sb3_passive else [])
+    plain = ["plain-a2c", "plain-a2c+tuned"] if args.plain else []
+    dqn = ["sb3-dqn"] + (["sb3-dqn+passive"] if args.sb3_passive else [])
+    names = (a2c + plain + on_policy if on_policy else []) + (dqn + off_policy if off_policy else [])
     runs: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(args.rounds):
         for name in runs:
-            if name == "sb3-a2c":
-                sps = sb3_sps(args.sb3_script, args.env, args.steps, args.threads, 16)
-            elif name == "sb3-dqn":
-                sps = sb3_sps(DQN_SCRIPT, args.env, args.dqn_steps, args.threads, 4)
+            if name in a2c:
+                sps = sb3_sps(args.sb3_script, args.env, args.steps, args.threads, 16, name.endswith("+passive"))
+            elif name in plain:
+                flags = ["--channels-last", "--passive"] if name.endswith("+tuned") else []
+                out = subprocess.run([sys.executable, str(PLAIN_SCRIPT), "--steps", str(args.steps), *flags],
+                                     capture_output=True, text=True, check=True,
+                                     env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"})
+                sps = json.loads(out.stdout.strip().splitlines()[-1])["sps"]
+            elif name in dqn:
+                sps = sb3_sps(DQN_SCRIPT, args.env, args.dqn_steps, args.threads, 4, name.endswith("+passive"))
             else:
                 sps = equirl_sps(name, args.env, args.dqn_steps if name in off_policy else args.steps, args.threads)
             runs[name].append(sps)
             print(f"round {round_ + 1}: {name:<12} {sps:8.1f} steps/s", flush=True)
-    print(f"\n| system | median steps/s ({args.rounds} runs) | runs | ratio to its SB3 peer |")
-    print("|---|---|---|---|")
+    passive_column = " ratio to SB3 with PASSIVE |" if args.sb3_passive else ""
+    print(f"\n| system | median steps/s ({args.rounds} runs) | runs | ratio to its SB3 peer |{passive_column}")
+    print("|---|---|---|---|" + ("---|" if args.sb3_passive else ""))
     for name, values in runs.items():
-        peer = "sb3-dqn" if name in off_policy or name == "sb3-dqn" else "sb3-a2c"
+        peer = "sb3-dqn" if name in off_policy or name in dqn else "sb3-a2c"
         median = statistics.median(values)
-        ratio = median / statistics.median(runs[peer])
-        print(f"| {name} | {median:.1f} | {', '.join(f'{v:.0f}' for v in values)} | {ratio:.2f}x |")
+        row = f"| {name} | {median:.1f} | {', '.join(f'{v:.0f}' for v in values)} | " \
+              f"{median / statistics.median(runs[peer]):.2f}x |"
+        if args.sb3_passive:
+            row += f" {median / statistics.median(runs[peer + '+passive']):.2f}x |"
+        print(row)
     return 0
 
 
