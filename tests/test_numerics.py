@@ -86,3 +86,27 @@ def test_flushing_can_be_turned_off_and_a_bad_setting_is_refused(tmp_path):
                           "bad", "--no-progress"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert bad.returncode == 2 and "EQUIRL_FLUSH_DENORMAL must be 0 or 1, got 'yes'" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
+
+
+WARN_PROBE = """
+import sys, warnings
+if sys.argv[1] == "torch-first":
+    import torch
+import equirl, torch
+from equirl.zoo.train import train
+torch.set_num_threads(2)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    train("a3c", "CartPole-v1", 128)
+print(sum("import equirl first" in str(w.message) for w in caught))
+"""
+
+
+@pytest.mark.parametrize("order, warned", [("torch-first", "1"), ("equirl-first", "0")])
+def test_training_warns_when_torch_was_imported_first(order, warned):
+    # OpenMP reads OMP_WAIT_POLICY once, when torch loads it: equirl's setting is then too late.
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", WARN_PROBE, order], capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == warned
