@@ -1,9 +1,10 @@
 """Flush-to-zero for training: subnormal floats are slow on x86 CPUs and carry no information.
 
 Late in a run many Adam/RMSprop moments decay below float32's smallest normal number (1.2e-38).
-x86 CPUs compute with such subnormal operands in microcode, tens of times slower: on
-soft-q-Pong a third of the FC layer's ``exp_avg`` was subnormal by 0.5M steps and its optimizer
-step took 17.4 ms instead of 2.8 (BENCHMARKS.md, ``benchmarks/subnormals.py``). Flushing them to
+x86 CPUs compute with such subnormal operands in slow microcode: on soft-q-Pong a third of the
+FC layer's ``exp_avg`` was subnormal by 0.5M steps, its optimizer step took 16-19 ms instead of
+~3, and the whole training loop ran 1.2x faster with flushing (BENCHMARKS.md,
+``benchmarks/subnormals.py``). Flushing them to
 zero changes nothing a run could learn from (the values are below 1e-38) but makes results not
 bit-identical to a run without it, so config.json records which was used.
 
