@@ -160,6 +160,18 @@ def test_card_strings_stay_data_in_yaml(trained, tmp_path):
     assert config["env"]["env_id"] in meta["tags"]
 
 
+def test_card_says_where_subnormals_were_flushed(trained):
+    run, _ = trained
+    config = json.loads((run / "config.json").read_text())
+    state = config["training"]["flush_denormal"]["0"]  # measured by the run itself
+    assert f"- subnormal floats flushed to zero: {state}\n" in publish.render_card(config, RESULTS, "o/r")
+    config["training"]["flush_denormal"] = {"500000": "all threads", "0": "off"}
+    card = publish.render_card(config, RESULTS, "o/r")
+    assert "- subnormal floats flushed to zero: off from step 0; all threads from step 500,000\n" in card
+    config["training"]["flush_denormal"] = ["not", "a", "map"]  # a hand-edited config: no line, no crash
+    assert "subnormal floats" not in publish.render_card(config, RESULTS, "o/r")
+
+
 # ---- the real Hugging Face cache layout, offline ---------------------------------------------
 
 def git_blob_sha1(data: bytes) -> str:

@@ -63,6 +63,7 @@ def render_card(config: dict, results: dict | None, repo_id: str) -> str:
         wall = f"{wall} (steps {training['wall_seconds_from_step']:,} on; the earlier ones were not timed)"
     facts = [("agent steps", training.get("steps_done", training.get("total_steps"))),
              ("wall time (s)", wall), ("hardware", training.get("hardware")),
+             ("subnormal floats flushed to zero", _flush_history(training.get("flush_denormal"))),
              ("seed", config.get("seed")), ("equirl", (config.get("versions") or {}).get("equirl")),
              ("code revision", config.get("code_revision"))]
     lines += [f"- {name}: {value}" for name, value in facts if value is not None]
@@ -73,3 +74,17 @@ def render_card(config: dict, results: dict | None, repo_id: str) -> str:
               "  author={Schulman, John and Chen, Xi and Abbeel, Pieter},",
               "  journal={arXiv preprint arXiv:1704.06440},", "  year={2017}", "}", "```", ""]
     return "\n".join(lines)
+
+
+def _flush_history(history) -> str | None:
+    """config.json's ``training.flush_denormal`` ({"0": "off", "500000": "all threads"}) in words;
+    None when absent or not of that shape."""
+    if not isinstance(history, dict) or not history:
+        return None
+    try:
+        steps = sorted((int(step), str(state)) for step, state in history.items())
+    except (TypeError, ValueError):
+        return None
+    if len(steps) == 1:
+        return steps[0][1]
+    return "; ".join(f"{state} from step {step:,}" for step, state in steps)
