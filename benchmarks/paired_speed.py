@@ -72,15 +72,21 @@ def equirl_sps(name: str, env_id: str, steps: int, threads: int = 0, device: str
     return json.loads(out.stdout.strip().splitlines()[-1])["sps"]
 
 
+def script_sps(args: list[str], passive: bool = False) -> float:
+    """Steps/s printed (last line, JSON) by a peer script run with ``args``: OpenMP's default
+    wait policy (the script as shipped), or ``passive`` for the one equirl sets."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])["sps"]
+
+
 def sb3_sps(script: Path, env_id: str, steps: int, threads: int, n_envs: int, passive: bool = False) -> float:
-    args = [sys.executable, str(script), "--env", env_id, "--n-envs", str(n_envs), "--steps", str(steps)]
+    args = [str(script), "--env", env_id, "--n-envs", str(n_envs), "--steps", str(steps)]
     if threads:
         args += ["--threads", str(threads)]
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}  # SB3 as shipped ...
-    if passive:
-        env["OMP_WAIT_POLICY"] = "PASSIVE"  # ... or given the setting equirl makes
-    out = subprocess.run(args, capture_output=True, text=True, check=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])["sps"]
+    return script_sps(args, passive)
 
 
 def main() -> int:
@@ -112,10 +118,7 @@ def main() -> int:
                 sps = sb3_sps(args.sb3_script, args.env, args.steps, args.threads, 16, name.endswith("+passive"))
             elif name in plain:
                 flags = ["--channels-last", "--passive"] if name.endswith("+tuned") else []
-                out = subprocess.run([sys.executable, str(PLAIN_SCRIPT), "--steps", str(args.steps), *flags],
-                                     capture_output=True, text=True, check=True,
-                                     env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"})
-                sps = json.loads(out.stdout.strip().splitlines()[-1])["sps"]
+                sps = script_sps([str(PLAIN_SCRIPT), "--steps", str(args.steps), *flags])
             elif name in dqn:
                 sps = sb3_sps(DQN_SCRIPT, args.env, args.dqn_steps, args.threads, 4, name.endswith("+passive"))
             else:

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,7 @@ def adam_step_seconds(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> float:
 
 
 def median_ms(seconds: list[float]) -> float:
-    return 1000 * sorted(seconds)[len(seconds) // 2]
+    return 1000 * statistics.median_high(seconds)
 
 
 def resumed_speed(run: Path, steps: int, flush: bool) -> float:
@@ -83,7 +84,7 @@ def main() -> None:
                 speeds[flush].append(resumed_speed(args.run, args.train_steps, flush))
                 print(f"training loop, {'flushing' if flush else 'EQUIRL_FLUSH_DENORMAL=0'}: "
                       f"{speeds[flush][-1]:.1f} steps/s", flush=True)
-        ratio = sorted(speeds[True])[len(speeds[True]) // 2] / sorted(speeds[False])[len(speeds[False]) // 2]
+        ratio = statistics.median_high(speeds[True]) / statistics.median_high(speeds[False])
         print(f"median speed-up from flushing: {ratio:.2f}x")
     torch.set_num_threads(1)
     state = {name: t for name, t in load_file(str(args.run / "checkpoint.safetensors")).items()

@@ -4,9 +4,9 @@ Late in a run many Adam/RMSprop moments decay below float32's smallest normal nu
 x86 CPUs compute with such subnormal operands in slow microcode: on soft-q-Pong a third of the
 FC layer's ``exp_avg`` was subnormal by 0.5M steps, its optimizer step took 16-19 ms instead of
 ~3, and the whole training loop ran 1.2x faster with flushing (BENCHMARKS.md,
-``benchmarks/subnormals.py``). Flushing them to
-zero changes nothing a run could learn from (the values are below 1e-38) but makes results not
-bit-identical to a run without it, so config.json records which was used.
+``benchmarks/subnormals.py``). Flushing them to zero changes nothing a run could learn from (the
+values are below 1e-38) but makes results not bit-identical to a run without it, so config.json
+records which was used.
 
 ``torch.set_flush_denormal`` sets the calling thread's FPU mode only. torch's OpenMP worker
 threads copy the mode of the thread that starts them, when the first parallel operation runs:
