@@ -180,16 +180,10 @@ def _train(agent_id, env_id, steps, seed, run_dir, torch_device, ranks, override
                           start_episodes=int(start.get("episodes", 0)), ranks=ranks,
                           sync_check_every=sync_check_every, resume_state=start if resume else None,
                           prior_wall=prior_wall, timed_from=timed_from)
-        except TrainingInterrupted as stop:
-            if run_dir is not None:  # the model card of a stopped run says how far it got
-                record_training_facts(run_dir, stop.steps, stop.wall_seconds, torch_device, ranks.world, timed_from)
-            raise
         finally:
             agent.rows, agent.reduce_gradients = None, None
     finally:
         env.close()
-    if run_dir is not None:
-        record_training_facts(run_dir, result.steps, result.wall_seconds, torch_device, ranks.world, timed_from)
     return result
 
 
@@ -330,6 +324,9 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
                 state["replay_rng"] = rng.bit_generator.state
                 tensors.update(replay.state_tensors())
         fmt.save_checkpoint(run_dir, agent, state, tensors)
+        # config.json's steps, wall time and hardware (the model card's) follow every checkpoint, so
+        # a run killed at any moment, or copied between checkpoints, describes the weights it holds.
+        record_training_facts(run_dir, steps, state["wall_seconds"], agent.device, ranks.world, timed_from)
 
     with _stop_requests(run_dir is not None or ranks.active) as stop_requested:
         try:
