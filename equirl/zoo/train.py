@@ -194,9 +194,9 @@ def agent_on_policy(agent_id: str) -> bool:
 class TrainingInterrupted(Exception):
     """SIGINT or SIGTERM: a checkpoint was written and training stopped."""
 
-    def __init__(self, steps: int, signal_name: str, wall_seconds: float = 0.0):
+    def __init__(self, steps: int, signal_name: str):
         super().__init__(f"{signal_name} at step {steps}: checkpoint written")
-        self.steps, self.signal_name, self.wall_seconds = steps, signal_name, wall_seconds
+        self.steps, self.signal_name = steps, signal_name
 
 
 @contextlib.contextmanager
@@ -377,8 +377,7 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
                         bar.set_postfix(sps=f"{sps:.0f}", ret=f"{np.mean(recent):.1f}", refresh=False)
                 if stop:
                     checkpoint()
-                    raise TrainingInterrupted(steps, stop_requested[0] if stop_requested else "SIGTERM",
-                                              wall_seconds())
+                    raise TrainingInterrupted(steps, stop_requested[0] if stop_requested else "SIGTERM")
                 if run_dir is not None and checkpoint_every and steps - last_checkpoint >= checkpoint_every:
                     checkpoint()
                     last_checkpoint = steps
