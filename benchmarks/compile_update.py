@@ -1,0 +1,77 @@
+"""Eager vs ``torch.compile`` on CPU: the a3c network's forward+backward on one update's 80 uint8
+frames plus an RMSprop step, the two alternated in rounds (BENCHMARKS.md).
+
+    python benchmarks/compile_update.py --threads 1 --rounds 10
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import equirl  # noqa: F401  (sets OMP_WAIT_POLICY before torch's thread pool starts)
+import torch
+
+from equirl.agents.networks import ActorCriticNetwork
+
+TRUNK = {"kind": "nature_cnn", "obs_shape": [4, 84, 84], "features": 512}
+BATCH, ACTIONS = 80, 6  # 16 envs x 5 steps; Pong's action set
+
+
+def make() -> tuple[ActorCriticNetwork, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    net = ActorCriticNetwork(TRUNK, ACTIONS)
+    return net, torch.optim.RMSprop(net.parameters(), lr=7e-4, alpha=0.99, eps=1e-5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--updates", type=int, default=5, help="updates timed per round and mode")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    obs = torch.randint(0, 256, (BATCH, 4, 84, 84), dtype=torch.uint8)
+    actions = torch.randint(0, ACTIONS, (BATCH,))
+    returns = torch.randn(BATCH)
+
+    def loss_fn(net: ActorCriticNetwork) -> torch.Tensor:
+        # A2C's loss shape (policy gradient, value regression, entropy bonus): what the
+        # compiler sees is the network plus a few elementwise ops, as in a3c's learn().
+        logits, values = net(obs)
+        log_pi = torch.log_softmax(logits, -1)
+        advantage = returns - values
+        policy = -(log_pi.gather(1, actions[:, None]).squeeze(1) * advantage.detach()).mean()
+        entropy = -(log_pi.exp() * log_pi).sum(-1).mean()
+        return policy + 0.5 * advantage.pow(2).mean() - 0.01 * entropy
+
+    def update(net, optimizer, fn) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        fn(net).backward()
+        optimizer.step()
+
+    modes = {"eager": (*make(), loss_fn), "compiled": (*make(), torch.compile(loss_fn))}
+    start = time.perf_counter()
+    for _ in range(3):
+        update(*modes["compiled"])
+    print(f"compilation and warm-up: {time.perf_counter() - start:.1f} s")
+    for _ in range(3):
+        update(*modes["eager"])
+
+    times: dict[str, list[float]] = {name: [] for name in modes}
+    for _ in range(args.rounds):
+        for name, mode in modes.items():
+            start = time.perf_counter()
+            for _ in range(args.updates):
+                update(*mode)
+            times[name].append((time.perf_counter() - start) / args.updates * 1e3)
+    eager, compiled = (statistics.median(times[name]) for name in modes)
+    print(f"{args.threads} thread(s): eager {eager:.1f} ms, compiled {compiled:.1f} ms per update "
+          f"(medians of {args.rounds} rounds); compiled is {eager / compiled:.2f}x")
+    for name, values in times.items():
+        print(f"  {name}: {', '.join(f'{v:.1f}' for v in values)}")
+
+
+if __name__ == "__main__":
+    main()
