@@ -9,9 +9,8 @@ import argparse
 import statistics
 import time
 
+import equirl  # noqa: F401, I001  (before torch: equirl sets OMP_WAIT_POLICY for torch's threads)
 import torch
-
-import equirl  # noqa: F401  (sets OMP_WAIT_POLICY before torch's thread pool starts)
 from equirl.agents.networks import ActorCriticNetwork
 
 TRUNK = {"kind": "nature_cnn", "obs_shape": [4, 84, 84], "features": 512}
