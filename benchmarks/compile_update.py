@@ -9,7 +9,7 @@ import argparse
 import statistics
 import time
 
-import equirl  # noqa: F401, I001  (before torch: equirl sets OMP_WAIT_POLICY for torch's threads)
+import equirl  # noqa: F401  (before torch: equirl sets OMP_WAIT_POLICY)
 import torch
 from equirl.agents.networks import ActorCriticNetwork
 
