@@ -172,6 +172,18 @@ def test_card_says_where_subnormals_were_flushed(trained):
     assert "subnormal floats" not in publish.render_card(config, RESULTS, "o/r")
 
 
+def test_card_says_when_the_weights_stop_short_of_the_command(trained):
+    """A checkpoint shipped before the command's --steps (soft-q-Pong: 1,879,840 of 3M) must not
+    read as a finished 3M-step run."""
+    run, _ = trained
+    config = json.loads((run / "config.json").read_text())
+    done = config["training"]["steps_done"]
+    assert f"- agent steps: {done}\n" in publish.render_card(config, RESULTS, "o/r")  # finished run
+    config["training"].update(total_steps=3_000_000, steps_done=1_879_840)
+    card = publish.render_card(config, RESULTS, "o/r")
+    assert "- agent steps: 1879840 (a checkpoint of the command's 3,000,000: " in card
+
+
 # ---- the real Hugging Face cache layout, offline ---------------------------------------------
 
 def git_blob_sha1(data: bytes) -> str:
