@@ -11,10 +11,12 @@ import time
 
 import equirl  # noqa: F401  (before torch: equirl sets OMP_WAIT_POLICY)
 import torch
+from equirl.agents import losses
 from equirl.agents.networks import ActorCriticNetwork
 
 TRUNK = {"kind": "nature_cnn", "obs_shape": [4, 84, 84], "features": 512}
 BATCH, ACTIONS = 80, 6  # 16 envs x 5 steps; Pong's action set
+TAU, VALUE_COEF = 0.01, 0.5  # a3c's Atari defaults
 
 
 def make() -> tuple[ActorCriticNetwork, torch.optim.Optimizer]:
@@ -35,15 +37,17 @@ def main() -> None:
     actions = torch.randint(0, ACTIONS, (BATCH,))
     returns = torch.randn(BATCH)
 
+    log_ref = losses.log_reference(ACTIONS, "uniform")
+
     def loss_fn(net: ActorCriticNetwork) -> torch.Tensor:
-        # A2C's loss shape (policy gradient, value regression, entropy bonus): what the
-        # compiler sees is the network plus a few elementwise ops, as in a3c's learn().
+        # a3c's loss terms (agents/a3c.py) on fixed returns: what the compiler sees is the
+        # network plus the losses' few elementwise ops.
         logits, values = net(obs)
         log_pi = torch.log_softmax(logits, -1)
-        advantage = returns - values
-        policy = -(log_pi.gather(1, actions[:, None]).squeeze(1) * advantage.detach()).mean()
-        entropy = -(log_pi.exp() * log_pi).sum(-1).mean()
-        return policy + 0.5 * advantage.pow(2).mean() - 0.01 * entropy
+        advantages = returns - values.detach()
+        return (losses.policy_gradient_loss(log_pi.gather(1, actions[:, None]).squeeze(1), advantages)
+                + losses.kl_penalty_loss(losses.kl_to_reference(log_pi, log_ref), TAU)
+                + VALUE_COEF * losses.value_loss(values, returns))
 
     def update(net, optimizer, fn) -> None:
         optimizer.zero_grad(set_to_none=True)

@@ -61,8 +61,8 @@ def render_card(config: dict, results: dict | None, repo_id: str) -> str:
     wall = training.get("wall_seconds")
     if wall is not None and training.get("wall_seconds_from_step"):
         wall = f"{wall} (steps {training['wall_seconds_from_step']:,} on; the earlier ones were not timed)"
-    steps = training.get("steps_done", training.get("total_steps"))
     total = training.get("total_steps")
+    steps = training.get("steps_done", total)
     if isinstance(steps, int) and isinstance(total, int) and steps < total:
         # The weights come from a checkpoint short of the command's --steps (a run stopped or
         # copied there): say so, or the command above reads as what was trained.
