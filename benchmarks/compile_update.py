@@ -9,8 +9,9 @@ import argparse
 import statistics
 import time
 
-import equirl  # noqa: F401  (before torch: equirl sets OMP_WAIT_POLICY)
 import torch
+
+import equirl  # noqa: F401  (before torch: equirl sets OMP_WAIT_POLICY)
 from equirl.agents import losses
 from equirl.agents.networks import ActorCriticNetwork
 

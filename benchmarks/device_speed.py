@@ -58,14 +58,14 @@ def main() -> int:
     args = parser.parse_args()
     runs: dict[str, list[float]] = {"raw env": [], **{name: [] for name in args.agents}}
     for round_ in range(args.rounds):
-        for name in runs:
+        for name, values in runs.items():
             began = time.perf_counter()
             if name == "raw env":
                 sps = raw_sps(args.env, args.num_envs, args.raw_seconds)
             else:
                 steps = args.soft_q_steps if name.startswith("soft-q") else args.steps
                 sps = train_sps(name, args.env, steps, args.num_envs, args.device)
-            runs[name].append(sps)
+            values.append(sps)
             print(f"round {round_ + 1}: {name:<14} {sps:9.1f} steps/s  ({time.perf_counter() - began:.0f} s)", flush=True)
     ceiling = statistics.median(runs["raw env"])
     print(f"\n{args.env}, {args.num_envs} envs, device {args.device}")

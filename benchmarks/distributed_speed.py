@@ -42,9 +42,9 @@ def main() -> int:
     args = parser.parse_args()
     runs: dict[int, list[float]] = {1: [], args.nproc: []}
     for round_ in range(args.rounds):
-        for nproc in runs:
+        for nproc, values in runs.items():
             value = sps(nproc, args.agent, args.env, args.steps, args.device, args.threads)
-            runs[nproc].append(value)
+            values.append(value)
             print(f"round {round_ + 1}: {nproc} process(es): {value:.1f} steps/s", flush=True)
     one, many = statistics.median(runs[1]), statistics.median(runs[args.nproc])
     print("\n| processes | median steps/s | runs |\n|---|---|---|")

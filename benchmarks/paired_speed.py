@@ -113,7 +113,7 @@ def main() -> int:
     names = (a2c + plain + on_policy if on_policy else []) + (dqn + off_policy if off_policy else [])
     runs: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(args.rounds):
-        for name in runs:
+        for name, values in runs.items():
             if name in a2c:
                 sps = sb3_sps(args.sb3_script, args.env, args.steps, args.threads, 16, name.endswith("+passive"))
             elif name in plain:
@@ -123,7 +123,7 @@ def main() -> int:
                 sps = sb3_sps(DQN_SCRIPT, args.env, args.dqn_steps, args.threads, 4, name.endswith("+passive"))
             else:
                 sps = equirl_sps(name, args.env, args.dqn_steps if name in off_policy else args.steps, args.threads)
-            runs[name].append(sps)
+            values.append(sps)
             print(f"round {round_ + 1}: {name:<12} {sps:8.1f} steps/s", flush=True)
     passive_column = " ratio to SB3 with PASSIVE |" if args.sb3_passive else ""
     print(f"\n| system | median steps/s ({args.rounds} runs) | runs | ratio to its SB3 peer |{passive_column}")

@@ -59,7 +59,8 @@ def resumed_speed(run: Path, steps: int, flush: bool) -> float:
         env = {**os.environ, "EQUIRL_FLUSH_DENORMAL": "1" if flush else "0"}
         done = subprocess.run([sys.executable, "-m", "equirl", "train", config["agent"], config["env"]["env_id"],
                                "--steps", str(end), "--out", str(copy), "--resume", "--no-progress",
-                               "--checkpoint-every", str(10 * end)], env=env, capture_output=True, text=True)
+                               "--checkpoint-every", str(10 * end)], env=env, check=False, capture_output=True,
+                               text=True)
         if done.returncode != 0:
             raise SystemExit(f"resuming a copy of {run} failed:\n{done.stderr}")
         # metrics.jsonl's sps is cumulative since the resume: elapsed = (step - start) / sps.

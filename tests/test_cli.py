@@ -9,7 +9,7 @@ import pytest
 
 
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "equirl", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "equirl", *args], cwd=cwd, check=False, capture_output=True, text=True,
                           timeout=300)
 
 

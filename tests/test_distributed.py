@@ -28,12 +28,12 @@ def _env():
 def torchrun(*args, nproc=2, timeout=600):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "equirl", "train", *args, "--no-progress"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=_env())
 
 
 def single(*args, timeout=600):
     cmd = [sys.executable, "-m", "equirl", "train", *args, "--no-progress"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=_env())
 
 
 def records(run, kind):
@@ -64,7 +64,7 @@ def assert_synced_every_update(run, updates):
 
 def check_matches_single_process(tmp_path, agent, env_id, steps, updates, sets):
     multi, one = tmp_path / "two", tmp_path / "one"
-    args = [agent, env_id, "--steps", str(steps), "--set", "float64=true", *sum((["--set", s] for s in sets), [])]
+    args = [agent, env_id, "--steps", str(steps), "--set", "float64=true", *(arg for s in sets for arg in ("--set", s))]
     done = torchrun(*args, "--out", str(multi), "--check-sync-every", "1")
     assert done.returncode == 0, done.stderr[-3000:]
     assert_synced_every_update(multi, updates)

@@ -73,7 +73,7 @@ def clean_env(**extra) -> dict:
 
 def load_in_fresh_process(sources: list[str], cwd: Path, env: dict) -> dict:
     proc = subprocess.run([sys.executable, "-c", LOADER, json.dumps(observations().tolist()), *sources],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=cwd, env=env, check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -104,8 +104,9 @@ def pushed(trained, tmp_path_factory):
     """The run pushed with the command line to a local folder given as an absolute path."""
     run, _ = trained
     target = tmp_path_factory.mktemp("push") / "target-folder"
-    proc = subprocess.run([sys.executable, "-m", "equirl", "push", str(run), str(target)], capture_output=True,
-                          text=True, timeout=120, env=clean_env(HF_HUB_OFFLINE="1"), cwd=target.parent)
+    proc = subprocess.run([sys.executable, "-m", "equirl", "push", str(run), str(target)], check=False,
+                          capture_output=True, text=True, timeout=120, env=clean_env(HF_HUB_OFFLINE="1"),
+                          cwd=target.parent)
     assert proc.returncode == 0, proc.stderr
     assert str(target) in proc.stdout
     return target
@@ -285,7 +286,7 @@ print(json.dumps(out))
     snapshot = build_hf_cache(cache, "testorg/cached", {n: (pushed / n).read_bytes() for n in REPO_FILES})
     env = clean_env(HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "hf-home"))
     proc = subprocess.run([sys.executable, "-c", code, "testorg/cached", "someorg/not-cached"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     miss = out["someorg/not-cached"]
@@ -436,7 +437,7 @@ def test_cli_push_without_token_exits_2_with_a_clear_error(trained, tmp_path):
     run, _ = trained
     env = clean_env(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-m", "equirl", "push", str(run), "someorg/somerepo"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "HF_TOKEN" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -38,7 +38,7 @@ print(int((x * x != 0).sum()), flush_state())
     ("early", "none", "all threads"),
 ])
 def test_flush_state_tells_where_subnormals_survive(when, nonzero, state):
-    out = subprocess.run([sys.executable, "-c", PROBE, when], capture_output=True, text=True, timeout=120,
+    out = subprocess.run([sys.executable, "-c", PROBE, when], check=False, capture_output=True, text=True, timeout=120,
                          env=TWO_THREADS)
     assert out.returncode == 0, out.stderr
     count, reported = out.stdout.split(maxsplit=1)
@@ -48,8 +48,8 @@ def test_flush_state_tells_where_subnormals_survive(when, nonzero, state):
 
 
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "equirl", *args, "--no-progress"], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env=TWO_THREADS)
+    return subprocess.run([sys.executable, "-m", "equirl", *args, "--no-progress"], cwd=cwd, check=False,
+                          capture_output=True, text=True, timeout=300, env=TWO_THREADS)
 
 
 def test_train_command_flushes_in_every_thread_and_records_it(tmp_path):
@@ -78,12 +78,14 @@ def test_train_in_python_restores_the_callers_mode(tmp_path):
 def test_flushing_can_be_turned_off_and_a_bad_setting_is_refused(tmp_path):
     env = {**TWO_THREADS, "EQUIRL_FLUSH_DENORMAL": "0"}
     off = subprocess.run([sys.executable, "-m", "equirl", "train", "a3c", "CartPole-v1", "--steps", "128", "--out",
-                          "run", "--no-progress"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+                          "run", "--no-progress"], cwd=tmp_path, check=False, capture_output=True, text=True,
+                          timeout=300, env=env)
     assert off.returncode == 0, off.stderr
     assert json.loads((tmp_path / "run" / "config.json").read_text())["training"]["flush_denormal"] == {"0": "off"}
     env["EQUIRL_FLUSH_DENORMAL"] = "yes"
     bad = subprocess.run([sys.executable, "-m", "equirl", "train", "a3c", "CartPole-v1", "--steps", "128", "--out",
-                          "bad", "--no-progress"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+                          "bad", "--no-progress"], cwd=tmp_path, check=False, capture_output=True, text=True,
+                          timeout=300, env=env)
     assert bad.returncode == 2 and "EQUIRL_FLUSH_DENORMAL must be 0 or 1, got 'yes'" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
 
@@ -106,7 +108,7 @@ print(sum("import equirl first" in str(w.message) for w in caught))
 def test_training_warns_when_torch_was_imported_first(order, warned):
     # OpenMP reads OMP_WAIT_POLICY once, when torch loads it: equirl's setting is then too late.
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", WARN_PROBE, order], capture_output=True, text=True, timeout=120,
-                         env=env)
+    out = subprocess.run([sys.executable, "-c", WARN_PROBE, order], check=False, capture_output=True, text=True,
+                         timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == warned

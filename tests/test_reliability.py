@@ -51,7 +51,7 @@ def test_sigkill_at_random_moments_never_breaks_the_run(tmp_path):
     assert seen == sorted(seen)
     assert seen[-1] > seen[0], "no progress across kills"
     # Finish: the resumed run completes, and every update was logged exactly once.
-    done = subprocess.run(TRAIN + [str(run), "--resume"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(TRAIN + [str(run), "--resume"], check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert checkpoint_steps(run) >= 150_000
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
@@ -134,7 +134,8 @@ def test_unwritable_output_is_a_clear_error_before_training(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     proc = subprocess.run([sys.executable, "-m", "equirl", "train", "a3c", "CartPole-v1", "--out",
-                           str(blocker / "run"), "--no-progress"], capture_output=True, text=True, timeout=120)
+                           str(blocker / "run"), "--no-progress"], check=False, capture_output=True, text=True,
+                           timeout=120)
     assert proc.returncode == 2
     assert "cannot write the run directory" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -37,4 +37,3 @@ class RMSprop(torch.optim.RMSprop):
                 square_avg.mul_(alpha).addcmul_(param.grad, param.grad, value=1 - alpha)
                 avg = square_avg.clamp_min(torch.finfo(square_avg.dtype).tiny).sqrt_().add_(eps)
                 param.addcdiv_(param.grad, avg, value=-lr)
-        return None

@@ -50,9 +50,9 @@ def render_card(config: dict, results: dict | None, repo_id: str) -> str:
     if results:
         protocol = results.get("protocol", {})
         lines += ["## Evaluation", "",
-                  f"Mean raw score **{mean:.2f} ± {std:.2f}** over {summary.get('episodes', '?')} full episodes "
-                  f"(median {summary.get('median', float('nan')):.2f}, min {summary.get('min', float('nan')):.2f}, "
-                  f"max {summary.get('max', float('nan')):.2f}).", "",
+                  (f"Mean raw score **{mean:.2f} ± {std:.2f}** over {summary.get('episodes', '?')} full episodes "
+                   f"(median {summary.get('median', float('nan')):.2f}, min {summary.get('min', float('nan')):.2f}, "
+                   f"max {summary.get('max', float('nan')):.2f})."), "",
                   "Protocol: `" + json.dumps(protocol, sort_keys=True) + "`. Every episode's score, seed and env "
                   "setting is in `results.json`.", ""]
     lines += ["## Training", ""]

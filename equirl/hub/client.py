@@ -191,7 +191,7 @@ def read_weights_strict(path: Path, expected: dict[str, torch.Tensor]) -> dict[s
                               f"network needs {tuple(reference.shape)}")
     try:
         tensors = fmt.read_tensors(path)
-    except Exception as err:  # the safetensors reader's own errors: not a tensor file after all
+    except Exception as err:  # noqa: BLE001 - the safetensors reader's own errors: not a tensor file after all
         raise FormatError(f"{path.name} is not a valid safetensors file: {err}") from None
     return {name: tensors[name].to(expected[name].dtype) for name in expected}
 

@@ -32,7 +32,7 @@ def package_versions() -> dict[str, str]:
 
 def code_revision() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, check=False, capture_output=True,
                              text=True, timeout=5)
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
@@ -58,7 +58,9 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path | None):
         # Line-buffered: every record is on disk as soon as it is written (a crash loses none).
-        self.file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8", buffering=1) if run_dir else None
+        # Kept open for the run's life, closed by close().
+        self.file = (open(run_dir / "metrics.jsonl", "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+                     if run_dir else None)
         self.tb = None
         if run_dir:
             from torch.utils.tensorboard import SummaryWriter

@@ -28,11 +28,17 @@ from ..hub import format as fmt
 from . import presets
 from .distributed import DistributedError, Ranks
 from .envs import EnvSpec, make_vector_env, spec_from_id
+from .numerics import subnormals_flushed
 from .replay import ReplayBuffer
 from .rollout import Episode, OnPolicyCollector, ReplayCollector
-from .numerics import subnormals_flushed
-from .run_records import (MetricsLog, drop_metrics_after, record_flush_state, record_training_facts, recorded_wall,
-                          run_config)
+from .run_records import (
+    MetricsLog,
+    drop_metrics_after,
+    record_flush_state,
+    record_training_facts,
+    recorded_wall,
+    run_config,
+)
 
 # Replay buffers up to this size are saved in every checkpoint (CartPole's 50k transitions take
 # about 1.6 MB); Atari's are refilled after a resume instead.
