@@ -9,9 +9,11 @@ import argparse
 import statistics
 import time
 
+import equirl  # noqa: F401  (before torch: equirl sets OMP_WAIT_POLICY)
+
+# isort: split
 import torch
 
-import equirl  # noqa: F401  (before torch: equirl sets OMP_WAIT_POLICY)
 from equirl.agents import losses
 from equirl.agents.networks import ActorCriticNetwork
 

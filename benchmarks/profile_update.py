@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import time
 
+import equirl  # noqa: F401  (before torch: equirl sets OMP_WAIT_POLICY)
+
+# isort: split
 import torch
 
-import equirl  # noqa: F401  (before torch: equirl sets OMP_WAIT_POLICY)
 from equirl.zoo import presets
 from equirl.zoo.envs import make_vector_env, spec_from_id
 from equirl.zoo.rollout import OnPolicyCollector
