@@ -20,6 +20,10 @@ table shows what that one setting is worth to either side.
 env (plain_a2c.py): as written (``plain-a2c``) and with equirl's two loop-independent settings,
 channels-last and passive waits (``plain-a2c+tuned``).
 
+``--base CHECKOUT`` adds each equirl agent run from another checkout's package (``a3c@base``),
+for a before/after figure of a change measured in the same invocation:
+``git worktree add /tmp/base main`` then ``--base /tmp/base``.
+
 soft-q is paired with SB3's DQN at DQN's replay ratio (sb3_dqn_reference.py: 4 envs, one update
 of batch 32 every 4 agent steps). The A2C side runs ../shared/bench/sb3_a2c_reference.py (SB3's
 own Atari wrappers, as its users run it); pass --sb3-script to point elsewhere.
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -50,10 +55,11 @@ SOFT_Q_SETTINGS = {"num_envs": 4, "batch_size": 32, "train_freq": 4, "target_upd
 
 
 def equirl_sps(name: str, env_id: str, steps: int, threads: int = 0, device: str = "cpu",
-               values: dict | None = None, warmup: int = 800) -> float:
+               values: dict | None = None, warmup: int = 800, tree: Path | None = None) -> float:
     """A fresh process per run, like the SB3 side; a short warm-up run first in the same process.
     ``name`` is an agent id, with ``+bf16`` for the bfloat16-autocast trunk (``a3c+bf16``);
-    ``values`` are further hyperparameters (soft-q gets DQN's replay settings)."""
+    ``values`` are further hyperparameters (soft-q gets DQN's replay settings); ``tree`` runs the
+    equirl package of another checkout (a before/after comparison in one invocation)."""
     threads_line = f"torch.set_num_threads({threads})\n" if threads else ""
     agent, _, variant = name.partition("+")
     values = {**(SOFT_Q_SETTINGS if agent == "soft-q" else A2C_SETTINGS), **(values or {})}
@@ -68,7 +74,13 @@ def equirl_sps(name: str, env_id: str, steps: int, threads: int = 0, device: str
         f"r = train({agent!r}, {env_id!r}, {steps}, seed=0, device={device!r}, config_values={values!r})\n"
         "print(json.dumps({'sps': r.steps_per_second}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree.resolve())
+        code = f"import equirl, sys\nassert equirl.__file__.startswith({str(tree.resolve())!r}), equirl.__file__\n" + code
+    # (``python -c`` puts the working directory first on sys.path, so it runs in the tree too)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                         cwd=tree)
     return json.loads(out.stdout.strip().splitlines()[-1])["sps"]
 
 
@@ -102,16 +114,24 @@ def main() -> int:
                         help="also run SB3 with OMP_WAIT_POLICY=PASSIVE (sb3-a2c+passive, sb3-dqn+passive)")
     parser.add_argument("--plain", action="store_true",
                         help="also run the plain PyTorch A2C loop (plain-a2c, plain-a2c+tuned)")
+    parser.add_argument("--base", type=Path, metavar="CHECKOUT",
+                        help="also run each equirl agent from this checkout's package, as AGENT@base "
+                             "(e.g. a `git worktree add /tmp/base main` before a change)")
     args = parser.parse_args()
+    if args.base is not None and not (args.base / "equirl" / "__init__.py").is_file():
+        parser.exit(2, f"paired_speed: error: --base {args.base}: no equirl package there\n")
     if not args.sb3_script.exists():
         parser.exit(2, f"paired_speed: error: SB3 reference script not found: {args.sb3_script}\n")
-    off_policy = [a for a in args.agents if a.partition("+")[0] == "soft-q"]
-    on_policy = [a for a in args.agents if a not in off_policy]
+    agents = [a for agent in args.agents for a in ([agent, agent + "@base"] if args.base else [agent])]
+    off_policy = [a for a in agents if a.partition("+")[0].partition("@")[0] == "soft-q"]
+    on_policy = [a for a in agents if a not in off_policy]
     a2c = ["sb3-a2c"] + (["sb3-a2c+passive"] if args.sb3_passive else [])
     plain = ["plain-a2c", "plain-a2c+tuned"] if args.plain else []
     dqn = ["sb3-dqn"] + (["sb3-dqn+passive"] if args.sb3_passive else [])
     names = (a2c + plain + on_policy if on_policy else []) + (dqn + off_policy if off_policy else [])
     runs: dict[str, list[float]] = {name: [] for name in names}
+    # Ratios move with the host (an Intel Xeon and an AMD EPYC gave different ones): say which.
+    print(f"host: {cpu_model()}, {os.cpu_count()} cores; python {platform.python_version()}", flush=True)
     for round_ in range(args.rounds):
         for name, values in runs.items():
             if name in a2c:
@@ -122,7 +142,9 @@ def main() -> int:
             elif name in dqn:
                 sps = sb3_sps(DQN_SCRIPT, args.env, args.dqn_steps, args.threads, 4, name.endswith("+passive"))
             else:
-                sps = equirl_sps(name, args.env, args.dqn_steps if name in off_policy else args.steps, args.threads)
+                agent, _, base = name.partition("@")
+                sps = equirl_sps(agent, args.env, args.dqn_steps if name in off_policy else args.steps, args.threads,
+                                 tree=args.base if base else None)
             values.append(sps)
             print(f"round {round_ + 1}: {name:<12} {sps:8.1f} steps/s", flush=True)
     passive_column = " ratio to SB3 with PASSIVE |" if args.sb3_passive else ""
@@ -137,6 +159,16 @@ def main() -> int:
             row += f" {median / statistics.median(runs[peer + '+passive']):.2f}x |"
         print(row)
     return 0
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

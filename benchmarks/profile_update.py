@@ -35,7 +35,9 @@ def main() -> None:
     agent = build_agent(args.agent, cfg, spec, env.obs_info, env.num_actions, torch.device("cpu"), 0)
     collector = OnPolicyCollector(env, cfg.n_steps, 0)
     times = {"env": 0.0, "act": 0.0, "learn": 0.0, "total": 0.0}
-    step, act = env.step, agent.act
+    # The collector acts through act_recorded (acting's forward pass kept for the update).
+    act_name = "act_recorded" if hasattr(agent, "act_recorded") else "act"
+    step, act = env.step, getattr(agent, act_name)
 
     def timed_step(actions):
         start = time.perf_counter()
@@ -43,13 +45,14 @@ def main() -> None:
         times["env"] += time.perf_counter() - start
         return out
 
-    def timed_act(obs, greedy=False):
+    def timed_act(obs, *args):
         start = time.perf_counter()
-        out = act(obs, greedy)
+        out = act(obs, *args)
         times["act"] += time.perf_counter() - start
         return out
 
-    env.step, agent.act = timed_step, timed_act
+    env.step = timed_step
+    setattr(agent, act_name, timed_act)
     for i in range(10 + args.updates):
         if i == 10:
             times = dict.fromkeys(times, 0.0)

@@ -17,18 +17,18 @@ def test_pong_rollout_holds_the_frames_the_env_emitted_and_the_agent_saw():
     agent = build_agent("a3c", cfg, spec, env.obs_info, env.num_actions, torch.device("cpu"), 0)
     collector = OnPolicyCollector(env, 6, seed=0)
     emitted, acted_on = [collector.obs.copy()], []  # copies: the env may reuse its buffers
-    step, act = env.step, agent.act
+    step, act = env.step, agent.act_recorded  # what the collector acts through
 
     def recording_step(actions):
         out = step(actions)
         emitted.append(out.obs.copy())
         return out
 
-    def recording_act(obs, greedy=False):
+    def recording_act(obs, t, steps):
         acted_on.append(np.array(obs))
-        return act(obs, greedy)
+        return act(obs, t, steps)
 
-    env.step, agent.act = recording_step, recording_act
+    env.step, agent.act_recorded = recording_step, recording_act
     batch, _ = collector.collect(agent)
     assert batch.obs.shape == (6, 3, 4, 84, 84) and batch.obs.dtype == torch.uint8
     for t in range(6):

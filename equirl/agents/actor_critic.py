@@ -7,13 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from . import losses
 from .base import Agent, ObsInfo, Rollout
-from .networks import ActorCriticNetwork
+from .networks import ActingRecord, ActorCriticNetwork
 from .optim import RMSprop
 
 
@@ -106,12 +107,22 @@ class ActorCriticAgent(Agent):
     def action_logits(self, obs: Tensor) -> Tensor:
         return self.network(obs)[0]
 
+    @torch.no_grad()
+    def act_recorded(self, obs, step: int, steps: int) -> tuple[np.ndarray, ActingRecord | None]:
+        """Sampled actions (the same draw as ``act``), with this pass's trunk activations kept:
+        the update runs its backward from them instead of a second forward over the segment."""
+        logits, _, record = self.network.forward_recorded(self.to_tensor(obs), step, steps)
+        return self.sample(logits).cpu().numpy(), record
+
     def rollout_terms(self, batch: Rollout) -> RolloutTerms:
         """One forward pass over every state of the segment, and one without gradient over the
         state after it and the final states of truncated episodes (only their values are used, as
-        constants: in the first pass they would cost a sixth of the backward for nothing)."""
+        constants: in the first pass they would cost a sixth of the backward for nothing).
+        The first pass is acting's own, replayed, when the collector kept it and the weights
+        are unchanged since (see ActorCriticNetwork.forward_replayed); the same numbers."""
         steps, envs = batch.actions.shape
-        logits, values = self.network(batch.obs.flatten(0, 1))
+        replayed = self.network.forward_replayed(batch.acting, envs) if batch.acting else None
+        logits, values = replayed if replayed is not None else self.network(batch.obs.flatten(0, 1))
         with torch.no_grad():
             _, bootstrap = self.network(torch.cat([batch.next_obs, batch.final_obs]))
         log_pi = F.log_softmax(logits, dim=-1).view(steps, envs, -1)

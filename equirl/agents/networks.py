@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 
 def _init_linear(layer: nn.Linear | nn.Conv2d, gain: float) -> nn.Module:
@@ -17,6 +19,60 @@ def _init_linear(layer: nn.Linear | nn.Conv2d, gain: float) -> nn.Module:
     nn.init.orthogonal_(layer.weight, gain)
     nn.init.zeros_(layer.bias)
     return layer
+
+
+class TrunkActivations(NamedTuple):
+    """What a gradient-free NatureCNN forward computed that its backward needs."""
+
+    pixels: Tensor  # the scaled input of conv1
+    conv1: Tensor  # ReLU output of conv1 (conv2's input)
+    conv2: Tensor  # ReLU output of conv2 (conv3's input)
+    conv3_flat: Tensor  # ReLU output of conv3, flattened (the FC layer's input)
+    features: Tensor  # ReLU output of the FC layer
+
+
+class _TrunkBackward(torch.autograd.Function):
+    """Nature CNN's forward replayed from recorded activations: forward returns the recorded
+    features, backward is the trunk's backward, by the aten kernels autograd itself would call
+    for these layers (threshold_backward for ReLU, mm for the FC layer, convolution_backward),
+    so the gradient is the one a fresh forward would give (tests/test_acting_replay.py).
+
+    Why: an on-policy update's forward pass recomputes exactly what acting computed with the
+    same weights moments before. Skipping it took an a3c update's learning from ~32 to ~22 ms
+    of ~58 on a 2-core CPU (BENCHMARKS.md)."""
+
+    @staticmethod
+    def forward(ctx, layers, pixels, conv1, conv2, conv3_flat, features, *params):
+        ctx.layers = layers
+        ctx.save_for_backward(pixels, conv1, conv2, conv3_flat, features, *params)
+        return features.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_features):
+        pixels, conv1, conv2, conv3_flat, features, *params = ctx.saved_tensors
+        c1, c2, c3, _ = ctx.layers
+        weights = params[0::2]
+        grad = torch.ops.aten.threshold_backward(grad_features, features, 0)
+        grad_fc = (grad.t().mm(conv3_flat), grad.sum(0))
+        grad = torch.ops.aten.threshold_backward(grad.mm(weights[3]), conv3_flat, 0)
+        grad = grad.view(conv2.shape[0], c3.out_channels, *_conv_out_hw(conv2.shape[2:], c3))
+        grads = [grad_fc]
+        for conv, inp, out, weight in ((c3, conv2, None, weights[2]), (c2, conv1, conv2, weights[1]),
+                                       (c1, pixels, conv1, weights[0])):
+            if out is not None:
+                grad = torch.ops.aten.threshold_backward(grad, out, 0)
+            grad, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad, inp, weight, [weight.shape[0]], conv.stride, conv.padding, conv.dilation,
+                False, [0, 0], conv.groups, [conv is not c1, True, True])
+            grads.append((grad_w, grad_b))
+        (gf_w, gf_b), (g3_w, g3_b), (g2_w, g2_b), (g1_w, g1_b) = grads
+        return (None,) * 6 + (g1_w, g1_b, g2_w, g2_b, g3_w, g3_b, gf_w, gf_b)
+
+
+def _conv_out_hw(height_width: Sequence[int], conv: nn.Conv2d) -> tuple[int, int]:
+    return tuple((size + 2 * pad - dil * (k - 1) - 1) // stride + 1 for size, pad, dil, k, stride in
+                 zip(height_width, conv.padding, conv.dilation, conv.kernel_size, conv.stride))
 
 
 class NatureCNN(nn.Module):
@@ -36,6 +92,7 @@ class NatureCNN(nn.Module):
             flat = self.convs(torch.zeros(1, in_channels, height, width)).shape[1]
         self.fc = nn.Sequential(_init_linear(nn.Linear(flat, features), relu_gain), nn.ReLU())
         self.features = features
+        self._height_width = (height, width)
         # Channels-last is the layout oneDNN (CPU) and cuDNN convolve fastest: a quarter off the
         # forward+backward of a CPU update (BENCHMARKS.md). The same maths; files store plain
         # contiguous tensors (hub/format.py), so weights load into either layout.
@@ -45,7 +102,7 @@ class NatureCNN(nn.Module):
         self._layers = tuple(m for m in self.convs if isinstance(m, nn.Conv2d)) + (self.fc[0],)
         self._bf16_cache: tuple | None = None
 
-    def forward(self, obs: Tensor) -> Tensor:
+    def _pixels(self, obs: Tensor) -> Tensor:
         # Pixels arrive as uint8 and are scaled here, so observations move to the device once,
         # at a quarter of the float32 size.
         # Reordered to channels-last while still uint8 (a quarter of the bytes), then converted
@@ -55,7 +112,10 @@ class NatureCNN(nn.Module):
         # Under bf16 the pixels go straight to bfloat16 (0..255 are exact in it): the scaled
         # float32 copy that autocast would round to bfloat16 anyway is never made.
         x = obs.to(torch.bfloat16 if self.bf16 and obs.dtype == torch.uint8 else self.fc[0].weight.dtype)
-        x = x.div_(255.0) if x is not obs else x / 255.0
+        return x.div_(255.0) if x is not obs else x / 255.0
+
+    def forward(self, obs: Tensor) -> Tensor:
+        x = self._pixels(obs)
         if not self.bf16:
             return self.fc(self.convs(x))
         if not torch.is_grad_enabled():
@@ -66,6 +126,51 @@ class NatureCNN(nn.Module):
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             features = self.fc(self.convs(x))
         return features.float()
+
+    def activation_buffers(self, rows: int, like: Tensor) -> TrunkActivations:
+        """Uninitialised storage for ``rows`` rows of activations, in the layouts the forward
+        produces them (channels-last convolutions), on ``like``'s device."""
+        c1, c2, _, fc = self._layers
+        hw1 = _conv_out_hw(self._height_width, c1)
+        hw2 = _conv_out_hw(hw1, c2)
+
+        def empty(*shape: int, channels_last: bool = False) -> Tensor:
+            return torch.empty(shape, device=like.device, dtype=fc.weight.dtype,
+                               memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+        return TrunkActivations(empty(rows, c1.in_channels, *self._height_width, channels_last=True),
+                                empty(rows, c1.out_channels, *hw1, channels_last=True),
+                                empty(rows, c2.out_channels, *hw2, channels_last=True),
+                                empty(rows, fc.in_features), empty(rows, fc.out_features))
+
+    @torch.no_grad()
+    def forward_recorded(self, obs: Tensor, out: TrunkActivations) -> Tensor:
+        """:meth:`forward` without gradient (float32/float64), writing the activations its
+        backward needs into ``out`` (rows of :meth:`activation_buffers`), so that a later
+        :meth:`replay` runs that backward without running the forward again. The same
+        operations and values as ``forward`` (ReLU is clamp_min(x, 0) in aten), written in place:
+        fresh tensors kept alive for the update, then concatenated, cost more than the forward."""
+        if self.bf16:
+            raise ValueError("forward_recorded runs float32/float64 trunks only (bf16 acting uses other weights)")
+        c1, c2, c3, fc = self._layers
+        if obs.dim() == 4:
+            obs = obs.contiguous(memory_format=torch.channels_last)
+        if obs.dtype == torch.uint8:
+            pixels = out.pixels.copy_(obs).div_(255.0)
+        else:
+            pixels = torch.div(obs.to(out.pixels.dtype), 255.0, out=out.pixels)
+        h1 = torch.clamp_min(c1(pixels), 0, out=out.conv1)
+        h2 = torch.clamp_min(c2(h1), 0, out=out.conv2)
+        out.conv3_flat.view(len(obs), c3.out_channels, *_conv_out_hw(h2.shape[2:], c3)).copy_(F.relu(c3(h2)))
+        return torch.clamp_min(fc(out.conv3_flat), 0, out=out.features)
+
+    def replay(self, recorded: TrunkActivations) -> Tensor:
+        """The recorded features as a tensor that carries gradient to this trunk's weights:
+        what ``forward`` on the same observations with the same weights returns, with the
+        forward's arithmetic skipped. The caller makes sure the weights have not changed since
+        recording (see ActorCriticNetwork.forward_replayed)."""
+        params = [p for layer in self._layers for p in (layer.weight, layer.bias)]
+        return _TrunkBackward.apply(self._layers, *recorded, *params)
 
     def _forward_bf16_weights(self, x: Tensor) -> Tensor:
         """What the autocast forward computes, bit for bit, with the weights cast once per
@@ -151,9 +256,88 @@ class ActorCriticNetwork(nn.Module):
         # A small gain on the policy head starts the policy near uniform (baselines' 0.01).
         self.policy = _init_linear(nn.Linear(self.trunk.features, num_actions), 0.01)
         self.value = _init_linear(nn.Linear(self.trunk.features, 1), 1.0)
+        # Activation storage of the segment being acted (forward_recorded): a plain attribute,
+        # never saved to a file or a state dict.
+        self._recording: _Recording | None = None
+        self._segments = 0
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Returns ``(logits [N, A], values [N])``."""
         features = self.trunk(obs)
         value_features = features if self.value_trunk is None else self.value_trunk(obs)
         return self.policy(features), self.value(value_features).squeeze(-1)
+
+    # ---- acting once, learning from the same pass -------------------------------------------
+    @property
+    def recordable(self) -> bool:
+        """Whether acting can record its trunk activations (float32/float64 Nature CNNs)."""
+        trunk = self.trunk
+        return isinstance(trunk, NatureCNN) and not trunk.bf16
+
+    @torch.no_grad()
+    def forward_recorded(self, obs: Tensor, step: int, steps: int) -> tuple[Tensor, Tensor, ActingRecord | None]:
+        """``forward`` without gradient for step ``step`` of a ``steps``-step segment, keeping the
+        trunk activations :meth:`forward_replayed` learns from (record None where the trunk
+        cannot record). Step 0 starts a new segment: the storage of the previous one is reused
+        (preallocated, ~8 ms a rollout less on CPU) and its records become invalid."""
+        if not self.recordable or not 0 <= step < steps:
+            return (*self(obs), None)
+        rows = len(obs)
+        rec = self._recording
+        if step == 0:
+            if rec is None or rec.steps != steps or rec.rows != rows or rec.trunk.pixels.device != obs.device \
+                    or rec.trunk.pixels.dtype != self.trunk.fc[0].weight.dtype:
+                buffers = [None if t is None else t.activation_buffers(steps * rows, obs)
+                           for t in (self.trunk, self.value_trunk)]
+                rec = _Recording(steps, rows, *buffers)
+            self._segments += 1  # numbered per network, so no two segments share a number
+            rec.segment = self._segments
+            rec.next_step = 0
+            self._recording = rec
+        if rec is None or rec.rows != rows or rec.steps != steps or rec.next_step != step:
+            return (*self(obs), None)  # steps out of order: nothing recorded for this segment
+        rec.next_step += 1
+        part = slice(step * rows, (step + 1) * rows)
+        features = self.trunk.forward_recorded(obs, TrunkActivations(*(t[part] for t in rec.trunk)))
+        value_features = features if self.value_trunk is None else \
+            self.value_trunk.forward_recorded(obs, TrunkActivations(*(t[part] for t in rec.value_trunk)))
+        record = ActingRecord(self._weight_versions(), rec.segment, step)
+        return self.policy(features), self.value(value_features).squeeze(-1), record
+
+    def forward_replayed(self, records: Sequence[ActingRecord | None], rows: int) -> tuple[Tensor, Tensor] | None:
+        """``forward`` on the segment whose acting made ``records``, with gradient, without
+        running the trunk again; None (run ``forward``) unless the records are the latest
+        segment's, all of its steps in order with ``rows`` rows each, made with the weights as
+        they are now: an optimizer step, a ``load_state_dict`` or any other in-place change
+        bumps a weight's version counter."""
+        rec = self._recording
+        if rec is None or rec.rows != rows or len(records) != rec.steps or rec.next_step != rec.steps:
+            return None
+        versions = self._weight_versions()
+        if any(r is None or r.segment != rec.segment or r.step != t or r.versions != versions
+               for t, r in enumerate(records)):
+            return None
+        features = self.trunk.replay(rec.trunk)
+        value_features = features if self.value_trunk is None else self.value_trunk.replay(rec.value_trunk)
+        return self.policy(features), self.value(value_features).squeeze(-1)
+
+    def _weight_versions(self) -> tuple:
+        return tuple((p.data_ptr(), p._version) for p in self.parameters())
+
+
+class ActingRecord(NamedTuple):
+    """Which step of which recorded segment an acting pass was, and the weights (storage,
+    version) it used."""
+
+    versions: tuple
+    segment: int
+    step: int
+
+
+class _Recording:
+    """One segment's activation storage, reused from segment to segment."""
+
+    def __init__(self, steps: int, rows: int, trunk: TrunkActivations, value_trunk: TrunkActivations | None):
+        self.steps, self.rows, self.trunk, self.value_trunk = steps, rows, trunk, value_trunk
+        self.segment = 0  # the number of the segment being written
+        self.next_step = 0

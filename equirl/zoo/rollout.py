@@ -77,11 +77,13 @@ class OnPolicyCollector(CollectorState):
         episodes: list[Episode] = []
         finals: list[np.ndarray] = []
         final_index: list[tuple[int, int]] = []
+        acting = []
         clip = self.env.spec.reward_clipping
         for t in range(self.n_steps):
             # Stored before stepping: correct even for an env that reuses its observation buffer.
             self._obs[t] = self.obs
-            actions = agent.act(self.obs)
+            actions, record = agent.act_recorded(self.obs, t, self.n_steps)
+            acting.append(record)
             step = self.env.step(actions)
             self._actions[t] = actions
             self._rewards[t] = training_rewards(step, clip)
@@ -101,6 +103,7 @@ class OnPolicyCollector(CollectorState):
             truncated=torch.as_tensor(self._truncated & ~self._terminated, device=device),
             next_obs=agent.to_tensor(self.obs), final_obs=agent.to_tensor(final_obs),
             final_index=torch.as_tensor(np.array(final_index, dtype=np.int64).reshape(-1, 2), device=device),
+            acting=tuple(acting),
         )
         return rollout, episodes
 

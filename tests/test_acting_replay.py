@@ -1,0 +1,170 @@
+"""On-policy updates reuse acting's forward pass (ActorCriticNetwork.forward_replayed): the
+backward runs from the trunk activations recorded while acting, instead of a second forward
+over the segment. Checked against the plain path (a fresh forward with autograd) in float64:
+the same actions, the same gradients, the same weights after the step; and records made with
+other weights are never used."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from equirl.agents import AGENTS, ObsInfo, Rollout
+from equirl.agents.networks import ActorCriticNetwork, NatureCNN, default_trunk_spec
+from equirl.zoo.presets import make_config
+from equirl.zoo.train import train
+
+T, B, A = 5, 3, 6
+
+
+def _agent(agent_id: str, values: dict, float64: bool = True):
+    config = make_config(agent_id, "atari", float64=float64, num_envs=B, **values)
+    spec = {"trunk": default_trunk_spec((4, 84, 84), "uint8")}
+    return AGENTS[agent_id](config, ObsInfo((4, 84, 84), "uint8"), A, spec, "cpu", 0)
+
+
+def _pixels(gen, *shape):
+    return torch.randint(0, 256, shape + (4, 84, 84), dtype=torch.uint8, generator=gen)
+
+
+def _segment(agent, gen, record: bool):
+    """A segment acted by ``agent``: random pixels, the agent's own sampled actions, one episode
+    truncated at (2, 1) and one terminated at (3, 0)."""
+    obs = _pixels(gen, T, B)
+    actions, acting = [], []
+    for t in range(T):
+        if record:
+            chosen, rec = agent.act_recorded(obs[t], t, T)
+            acting.append(rec)
+        else:
+            chosen = agent.act(obs[t])
+        actions.append(torch.as_tensor(chosen))
+    rewards = torch.randn(T, B, generator=gen).sign()
+    terminated = torch.zeros(T, B, dtype=torch.bool)
+    truncated = torch.zeros(T, B, dtype=torch.bool)
+    terminated[3, 0] = True
+    truncated[2, 1] = True
+    return Rollout(obs, torch.stack(actions), rewards, terminated, truncated, _pixels(gen, B), _pixels(gen, 1),
+                   torch.tensor([[2, 1]]), tuple(acting) if record else None)
+
+
+class _TrunkCalls:
+    """Counts forward passes through the agent's Nature CNN trunks."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        original = NatureCNN.forward
+
+        def counted(module, obs):
+            self.calls += 1
+            return original(module, obs)
+
+        monkeypatch.setattr(NatureCNN, "forward", counted)
+
+
+AGENT_CASES = [
+    ("a3c", {}),
+    ("matched-q", {}),
+    ("entropy-pg", {"shared_trunk": False}),  # two trunks, both replayed
+]
+
+
+@pytest.mark.parametrize("agent_id,values", AGENT_CASES)
+def test_replayed_update_equals_a_fresh_forward_in_float64(agent_id, values, monkeypatch):
+    replaying, plain = _agent(agent_id, values), _agent(agent_id, values)
+    plain.load_weights(replaying.weights())
+    calls = _TrunkCalls(monkeypatch)
+    for update in range(3):
+        gen_a, gen_b = torch.Generator().manual_seed(update), torch.Generator().manual_seed(update)
+        batch = _segment(replaying, gen_a, record=True)
+        reference = _segment(plain, gen_b, record=False)
+        # Recording does not change what is sampled: the same generator draws, the same logits.
+        assert torch.equal(batch.actions, reference.actions)
+        calls.calls = 0
+        got = replaying.learn(batch)
+        trunks = 1 if values.get("shared_trunk", True) else 2
+        assert calls.calls == trunks  # only the bootstrap forward: the segment's was replayed
+        calls.calls = 0
+        want = plain.learn(reference)
+        assert calls.calls == 2 * trunks
+        for name in want:
+            assert got[name] == pytest.approx(want[name], rel=1e-12, abs=1e-15), name
+        for (name, p), q in zip(replaying.network.named_parameters(), plain.network.parameters()):
+            scale = q.grad.abs().max().item()
+            assert scale > 0, name  # every layer gets a gradient, conv1 included
+            assert (p.grad - q.grad).abs().max().item() <= 1e-12 * scale, name
+            # One RMSprop step (at most ~10 lr = 7e-3 per weight early on): equal to float64 rounding.
+            assert (p - q).abs().max().item() <= 1e-12, name
+
+
+def test_records_made_with_other_weights_are_not_used(monkeypatch):
+    agent = _agent("a3c", {})
+    gen = torch.Generator().manual_seed(7)
+    stale = _segment(agent, gen, record=True)
+    agent.learn(_segment(agent, gen, record=True))  # an optimizer step: the weights move
+    assert agent.network.forward_replayed(stale.acting, B) is None
+    calls = _TrunkCalls(monkeypatch)
+    agent.learn(stale)
+    assert calls.calls == 2  # the segment's forward ran again, with the current weights
+    # load_state_dict writes in place: records from before it are stale too.
+    fresh = _segment(agent, gen, record=True)
+    assert agent.network.forward_replayed(fresh.acting, B) is not None
+    agent.load_weights(agent.weights())
+    assert agent.network.forward_replayed(fresh.acting, B) is None
+    # A record of the wrong number of rows, a missing one, or steps out of order are not used.
+    again = _segment(agent, gen, record=True)
+    assert agent.network.forward_replayed(again.acting, B + 1) is None
+    assert agent.network.forward_replayed(again.acting[:-1] + (None,), B) is None
+    assert agent.network.forward_replayed(again.acting[::-1], B) is None
+    # Acting a second segment reuses the storage: the first segment's records are void.
+    later = _segment(agent, gen, record=True)
+    assert agent.network.forward_replayed(again.acting, B) is None
+    assert agent.network.forward_replayed(later.acting, B) is not None
+    # A segment cut short (the next one started at step 0 before it ended) records nothing usable.
+    agent.act_recorded(_pixels(gen, B), 0, T)
+    assert agent.network.forward_replayed(later.acting, B) is None
+    assert agent.act_recorded(_pixels(gen, B), 2, T)[1] is None
+
+
+def test_float32_replay_matches_the_fresh_forward():
+    net = ActorCriticNetwork(default_trunk_spec((4, 84, 84), "uint8"), A)
+    gen = torch.Generator().manual_seed(3)
+    steps = [_pixels(gen, 4) for _ in range(3)]
+    records = [net.forward_recorded(obs, t, len(steps))[2] for t, obs in enumerate(steps)]
+    weights = torch.randn(12, A, generator=gen)
+    logits, values = net.forward_replayed(records, 4)
+    ((logits * weights).sum() + values.square().sum()).backward()
+    got = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    logits_ref, values_ref = net(torch.cat(steps))
+    ((logits_ref * weights).sum() + values_ref.square().sum()).backward()
+    assert torch.allclose(logits, logits_ref, rtol=1e-5, atol=1e-6)
+    for (name, p), g in zip(net.named_parameters(), got):
+        assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6 * p.grad.abs().max().item()), name
+
+
+def test_bf16_trunks_do_not_record():
+    net = ActorCriticNetwork(default_trunk_spec((4, 84, 84), "uint8"), A, bf16=True)
+    assert not net.recordable
+    logits, values, record = net.forward_recorded(_pixels(torch.Generator().manual_seed(0), 2), 0, 1)
+    assert record is None and logits.shape == (2, A) and values.shape == (2,)
+
+
+def test_training_replays_every_update_and_learns_what_the_fresh_forward_does(monkeypatch):
+    """The training loop's collector hands acting's records to learn: a float64 run with
+    replay gives the weights of the same run with replay switched off."""
+    values = {"num_envs": 2, "float64": True}
+    used = []
+    original = ActorCriticNetwork.forward_replayed
+
+    def spy(network, records, rows):
+        out = original(network, records, rows)
+        used.append(out is not None)
+        return out
+
+    monkeypatch.setattr(ActorCriticNetwork, "forward_replayed", spy)
+    replayed = train("a3c", "ALE/Pong-v5", 120, seed=1, config_values=values)
+    assert len(used) == 12 and all(used)
+    monkeypatch.setattr(ActorCriticNetwork, "forward_replayed", lambda *args: None)
+    fresh = train("a3c", "ALE/Pong-v5", 120, seed=1, config_values=values)
+    for name, tensor in fresh.agent.weights().items():
+        assert torch.allclose(replayed.agent.weights()[name], tensor, rtol=1e-10, atol=1e-14), name
