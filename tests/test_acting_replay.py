@@ -168,3 +168,22 @@ def test_training_replays_every_update_and_learns_what_the_fresh_forward_does(mo
     fresh = train("a3c", "ALE/Pong-v5", 120, seed=1, config_values=values)
     for name, tensor in fresh.agent.weights().items():
         assert torch.allclose(replayed.agent.weights()[name], tensor, rtol=1e-10, atol=1e-14), name
+
+
+@pytest.mark.parametrize("obs_shape", [(3, 64, 48), (1, 100, 90)])
+def test_replay_follows_other_image_shapes(obs_shape):
+    """The trunk's geometry (conv output sizes, the flattened FC input) comes from the image
+    size: other shapes than Atari's 4x84x84 replay to the fresh forward's gradient as well."""
+    net = ActorCriticNetwork(default_trunk_spec(obs_shape, "uint8"), A).double()
+    gen = torch.Generator().manual_seed(5)
+    steps = [torch.randint(0, 256, (2, *obs_shape), dtype=torch.uint8, generator=gen) for _ in range(2)]
+    records = [net.forward_recorded(obs, t, 2)[2] for t, obs in enumerate(steps)]
+    logits, values = net.forward_replayed(records, 2)
+    (logits.sum() + values.square().sum()).backward()
+    got = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    logits_ref, values_ref = net(torch.cat(steps))
+    (logits_ref.sum() + values_ref.square().sum()).backward()
+    assert torch.allclose(logits, logits_ref, rtol=1e-12, atol=1e-15)
+    for (name, p), g in zip(net.named_parameters(), got):
+        assert (g - p.grad).abs().max().item() <= 1e-12 * p.grad.abs().max().item(), name
