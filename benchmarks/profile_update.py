@@ -1,9 +1,12 @@
-"""Where an on-policy update's time goes: env stepping, acting, learning (and a torch profile).
+"""Where a training update's time goes: env stepping, acting, learning (and a torch profile).
 
 Runs the training loop's own pieces (OnPolicyCollector, agent.learn) on Pong with the agent's
 Atari preset, times 50 updates after 10 warm-up ones, then profiles 5 more with torch's profiler.
+``--agent soft-q`` runs ReplayCollector, ReplayBuffer.sample and learn at DQN's replay ratio (4
+envs, one update of batch 32 per vector step), as paired_speed.py pairs it with SB3's DQN.
 
     .venv/bin/python benchmarks/profile_update.py --agent a3c [--bf16] [--table]
+    .venv/bin/python benchmarks/profile_update.py --agent soft-q --updates 400
 """
 from __future__ import annotations
 
@@ -13,30 +16,38 @@ import time
 import equirl  # noqa: F401  (before torch: equirl sets OMP_WAIT_POLICY)
 
 # isort: split
+import numpy as np
 import torch
 
 from equirl.zoo import presets
 from equirl.zoo.envs import make_vector_env, spec_from_id
-from equirl.zoo.rollout import OnPolicyCollector
+from equirl.zoo.replay import ReplayBuffer
+from equirl.zoo.rollout import OnPolicyCollector, ReplayCollector
 from equirl.zoo.train import build_agent
+
+# soft-q at DQN's replay ratio, as benchmarks/paired_speed.py pairs it with SB3's DQN.
+SOFT_Q_SETTINGS = {"num_envs": 4, "batch_size": 32, "train_freq": 4, "target_update_interval": 2000,
+                   "buffer_size": 100_000, "learning_starts": 32}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--agent", default="a3c", choices=["a3c", "matched-q", "entropy-pg"])
+    parser.add_argument("--agent", default="a3c", choices=["a3c", "matched-q", "entropy-pg", "soft-q"])
     parser.add_argument("--env", default="PongNoFrameskip-v4")
     parser.add_argument("--updates", type=int, default=50)
     parser.add_argument("--table", action="store_true", help="also print torch's operator table")
     parser.add_argument("--bf16", action="store_true", help="the CNN under bfloat16 autocast")
     args = parser.parse_args()
     spec = spec_from_id(args.env)
-    cfg = presets.make_config(args.agent, presets.family_of(spec.kind), bf16=args.bf16)
+    soft_q = args.agent == "soft-q"
+    cfg = presets.make_config(args.agent, presets.family_of(spec.kind), bf16=args.bf16,
+                              **(SOFT_Q_SETTINGS if soft_q else {}))
     env = make_vector_env(spec, cfg.num_envs)
     agent = build_agent(args.agent, cfg, spec, env.obs_info, env.num_actions, torch.device("cpu"), 0)
-    collector = OnPolicyCollector(env, cfg.n_steps, 0)
-    times = {"env": 0.0, "act": 0.0, "learn": 0.0, "total": 0.0}
-    # The collector acts through act_recorded (acting's forward pass kept for the update).
-    act_name = "act_recorded" if hasattr(agent, "act_recorded") else "act"
+    times = {"env": 0.0, "act": 0.0, "sample": 0.0, "learn": 0.0, "total": 0.0}
+    # The collectors act through act_recorded (on-policy: acting's forward pass kept for the
+    # update) and act_for_training (soft-q: actions and the behaviour policy's KL).
+    act_name = "act_for_training" if soft_q else "act_recorded"
     step, act = env.step, getattr(agent, act_name)
 
     def timed_step(actions):
@@ -53,25 +64,48 @@ def main() -> None:
 
     env.step = timed_step
     setattr(agent, act_name, timed_act)
+    if soft_q:
+        collector = ReplayCollector(env, 0)
+        replay = ReplayBuffer(cfg.buffer_size, env.num_envs, env.obs_info.shape, env.obs_info.dtype, frame_stack=True)
+        rng = np.random.default_rng(0)
+        for _ in range(cfg.learning_starts // env.num_envs + 10):
+            collector.step(agent, replay)
+
+        def iteration() -> None:
+            # One vector step of num_envs agent steps, then one update: train_freq == num_envs.
+            collector.step(agent, replay)
+            start = time.perf_counter()
+            sample = replay.sample(cfg.batch_size, cfg.n_steps, rng, agent.to_tensor, agent.device)
+            middle = time.perf_counter()
+            agent.learn(sample)
+            times["sample"] += middle - start
+            times["learn"] += time.perf_counter() - middle
+
+        transitions = env.num_envs
+    else:
+        collector = OnPolicyCollector(env, cfg.n_steps, 0)
+
+        def iteration() -> None:
+            rollout, _ = collector.collect(agent)
+            start = time.perf_counter()
+            agent.learn(rollout)
+            times["learn"] += time.perf_counter() - start
+
+        transitions = cfg.num_envs * cfg.n_steps
     for i in range(10 + args.updates):
         if i == 10:
             times = dict.fromkeys(times, 0.0)
         start = time.perf_counter()
-        rollout, _ = collector.collect(agent)
-        middle = time.perf_counter()
-        agent.learn(rollout)
-        times["learn"] += time.perf_counter() - middle
+        iteration()
         times["total"] += time.perf_counter() - start
-    per_update = {k: 1000 * v / args.updates for k, v in times.items()}
-    transitions = cfg.num_envs * cfg.n_steps
+    per_update = {k: 1000 * v / args.updates for k, v in times.items() if soft_q or k != "sample"}
     print(f"{args.agent} on {args.env}, {transitions} transitions per update, torch threads {torch.get_num_threads()}:")
     print("  " + ", ".join(f"{k} {v:.1f} ms" for k, v in per_update.items()) +
           f"; {transitions * args.updates / times['total']:.0f} steps/s")
     if args.table:
         with torch.autograd.profiler.profile() as prof:
-            for _ in range(5):
-                rollout, _ = collector.collect(agent)
-                agent.learn(rollout)
+            for _ in range(5 if not soft_q else 20):
+                iteration()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     env.close()
 
