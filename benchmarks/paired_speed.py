@@ -77,7 +77,7 @@ def equirl_sps(name: str, env_id: str, steps: int, threads: int = 0, device: str
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = str(tree.resolve())
-        code = f"import equirl, sys\nassert equirl.__file__.startswith({str(tree.resolve())!r}), equirl.__file__\n" + code
+        code = f"import equirl\nassert equirl.__file__.startswith({str(tree.resolve())!r}), equirl.__file__\n" + code
     # (``python -c`` puts the working directory first on sys.path, so it runs in the tree too)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
                          cwd=tree)
