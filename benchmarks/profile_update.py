@@ -18,16 +18,13 @@ import equirl  # noqa: F401  (before torch: equirl sets OMP_WAIT_POLICY)
 # isort: split
 import numpy as np
 import torch
+from paired_speed import SOFT_Q_SETTINGS  # benchmarks/ is on the path when this script runs
 
 from equirl.zoo import presets
 from equirl.zoo.envs import make_vector_env, spec_from_id
 from equirl.zoo.replay import ReplayBuffer
 from equirl.zoo.rollout import OnPolicyCollector, ReplayCollector
 from equirl.zoo.train import build_agent
-
-# soft-q at DQN's replay ratio, as benchmarks/paired_speed.py pairs it with SB3's DQN.
-SOFT_Q_SETTINGS = {"num_envs": 4, "batch_size": 32, "train_freq": 4, "target_update_interval": 2000,
-                   "buffer_size": 100_000, "learning_starts": 32}
 
 
 def main() -> None:

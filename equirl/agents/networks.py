@@ -102,13 +102,15 @@ class NatureCNN(nn.Module):
         self._layers = tuple(m for m in self.convs if isinstance(m, nn.Conv2d)) + (self.fc[0],)
         self._bf16_cache: tuple | None = None
 
-    def _pixels(self, obs: Tensor) -> Tensor:
+    def _pixels(self, obs: Tensor, out: Tensor | None = None) -> Tensor:
         # Pixels arrive as uint8 and are scaled here, so observations move to the device once,
         # at a quarter of the float32 size.
         # Reordered to channels-last while still uint8 (a quarter of the bytes), then converted
-        # and scaled in place: one float pass instead of three.
+        # and scaled in place: one float pass instead of three. ``out``: write them there.
         if obs.dim() == 4:
             obs = obs.contiguous(memory_format=torch.channels_last)
+        if out is not None:
+            return out.copy_(obs).div_(255.0)
         # Under bf16 the pixels go straight to bfloat16 (0..255 are exact in it): the scaled
         # float32 copy that autocast would round to bfloat16 anyway is never made.
         x = obs.to(torch.bfloat16 if self.bf16 and obs.dtype == torch.uint8 else self.fc[0].weight.dtype)
@@ -153,15 +155,10 @@ class NatureCNN(nn.Module):
         if self.bf16:
             raise ValueError("forward_recorded runs float32/float64 trunks only (bf16 acting uses other weights)")
         c1, c2, c3, fc = self._layers
-        if obs.dim() == 4:
-            obs = obs.contiguous(memory_format=torch.channels_last)
-        if obs.dtype == torch.uint8:
-            pixels = out.pixels.copy_(obs).div_(255.0)
-        else:
-            pixels = torch.div(obs.to(out.pixels.dtype), 255.0, out=out.pixels)
-        h1 = torch.clamp_min(c1(pixels), 0, out=out.conv1)
+        h1 = torch.clamp_min(c1(self._pixels(obs, out.pixels)), 0, out=out.conv1)
         h2 = torch.clamp_min(c2(h1), 0, out=out.conv2)
-        out.conv3_flat.view(len(obs), c3.out_channels, *_conv_out_hw(h2.shape[2:], c3)).copy_(F.relu(c3(h2)))
+        h3 = F.relu(c3(h2))
+        out.conv3_flat.view(h3.shape).copy_(h3)  # flattened in NCHW order, as nn.Flatten does
         return torch.clamp_min(fc(out.conv3_flat), 0, out=out.features)
 
     def replay(self, recorded: TrunkActivations) -> Tensor:
