@@ -5,10 +5,12 @@ agent training on the same env with the same number of envs. Prints steps/s and 
 fraction of the ceiling measured in the same run.
 
     .venv/bin/python benchmarks/device_speed.py --device cuda --num-envs 64 \\
-        --agents a3c a3c+bf16 soft-q soft-q+bf16 --rounds 3
+        --agents a3c a3c+groups1 a3c+bf16 soft-q soft-q+bf16 --rounds 3
 
-``+bf16`` trains with ``bf16=True``. soft-q keeps DQN's replay ratio (one update of batch 32 per 4
-agent steps, paired_speed.py's settings) with ``--num-envs`` envs acting together.
+``+bf16`` trains with ``bf16=True``. On a GPU the on-policy agents step their envs in 2 groups by
+default (acting for one while the other emulates); ``+groups1`` is lockstep, for comparison.
+soft-q keeps DQN's replay ratio (one update of batch 32 per 4 agent steps, paired_speed.py's
+settings) with ``--num-envs`` envs acting together.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def train_sps(name: str, env_id: str, steps: int, num_envs: int, device: str) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--agents", nargs="+", default=["a3c", "a3c+bf16", "soft-q", "soft-q+bf16"])
+    parser.add_argument("--agents", nargs="+", default=["a3c", "a3c+groups1", "a3c+bf16", "soft-q", "soft-q+bf16"])
     parser.add_argument("--env", default="PongNoFrameskip-v4")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--num-envs", type=int, default=64)

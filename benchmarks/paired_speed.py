@@ -8,7 +8,8 @@ runs in one invocation keep a shared, noisy machine fair to both sides.
     .venv/bin/python benchmarks/paired_speed.py --agents a3c matched-q entropy-pg soft-q --rounds 3
 
 ``a3c+bf16`` (any agent, ``+bf16``) runs the agent with ``bf16=True``: its CNN under bfloat16
-autocast.
+autocast. ``a3c+groups2`` (on-policy agents) steps the envs in 2 groups, acting for one while the
+other emulates (``train(env_groups=2)``, the default on a GPU); ``a3c+groups1`` is lockstep.
 
 Each equirl run imports equirl before torch, as the ``equirl`` command does, so it gets the
 ``OMP_WAIT_POLICY=PASSIVE`` that ``import equirl`` sets (OpenMP reads it once, when torch loads
@@ -63,15 +64,18 @@ def equirl_sps(name: str, env_id: str, steps: int, threads: int = 0, device: str
     threads_line = f"torch.set_num_threads({threads})\n" if threads else ""
     agent, _, variant = name.partition("+")
     values = {**(SOFT_Q_SETTINGS if agent == "soft-q" else A2C_SETTINGS), **(values or {})}
+    groups = ""  # passed only when asked for: a --base checkout may predate env_groups
     if variant == "bf16":
         values["bf16"] = True
+    elif variant in ("groups1", "groups2"):
+        groups = f", env_groups={variant[-1]}"
     elif variant:
-        raise SystemExit(f"unknown variant {variant!r} in {name!r} (known: bf16)")
+        raise SystemExit(f"unknown variant {variant!r} in {name!r} (known: bf16, groups1, groups2)")
     code = (
         "import equirl, json, torch\n" + threads_line +  # equirl first: see the module docstring
         "from equirl.zoo.train import train\n"
-        f"train({agent!r}, {env_id!r}, {warmup}, seed=0, device={device!r}, config_values={values!r})\n"
-        f"r = train({agent!r}, {env_id!r}, {steps}, seed=0, device={device!r}, config_values={values!r})\n"
+        f"train({agent!r}, {env_id!r}, {warmup}, seed=0, device={device!r}, config_values={values!r}{groups})\n"
+        f"r = train({agent!r}, {env_id!r}, {steps}, seed=0, device={device!r}, config_values={values!r}{groups})\n"
         "print(json.dumps({'sps': r.steps_per_second}))\n"
     )
     env = dict(os.environ)
@@ -122,7 +126,9 @@ def main() -> int:
         parser.exit(2, f"paired_speed: error: --base {args.base}: no equirl package there\n")
     if not args.sb3_script.exists():
         parser.exit(2, f"paired_speed: error: SB3 reference script not found: {args.sb3_script}\n")
-    agents = [a for agent in args.agents for a in ([agent, agent + "@base"] if args.base else [agent])]
+    # (groups variants have no @base twin: a base checkout may predate env_groups)
+    agents = [a for agent in args.agents
+              for a in ([agent, agent + "@base"] if args.base and "+groups" not in agent else [agent])]
     off_policy = [a for a in agents if a.partition("+")[0].partition("@")[0] == "soft-q"]
     on_policy = [a for a in agents if a not in off_policy]
     a2c = ["sb3-a2c"] + (["sb3-a2c+passive"] if args.sb3_passive else [])

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--check-sync-every", type=int, default=100, metavar="UPDATES",
                        help="under torchrun: compare parameter fingerprints of all ranks every UPDATES updates "
                             "(0: never)")
+    train.add_argument("--env-groups", type=int, default=None, metavar="N",
+                       help="on-policy agents on Atari: step the envs in N groups, acting for one while the "
+                            "others emulate (default: 2 on a GPU, 1 on CPU)")
     check = sub.add_parser("equivalence", help="measure the paper's equivalence with equirl's own losses and agents")
     check.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     check.add_argument("--updates", type=int, default=200, help="updates of the side-by-side trajectory check")
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                            overrides=_parse_sets(args.sets), progress=not args.no_progress,
                            checkpoint_every=args.checkpoint_every,
                            command=_launch_prefix() + "equirl " + " ".join(shlex.quote(a) for a in argv),
-                           resume=args.resume, sync_check_every=args.check_sync_every)
+                           resume=args.resume, sync_check_every=args.check_sync_every, env_groups=args.env_groups)
         except (TrainError, EnvError, ValueError) as err:
             parser.exit(2, f"equirl train: error: {err}\n")
         except TrainingInterrupted as stop:

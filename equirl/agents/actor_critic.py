@@ -108,12 +108,13 @@ class ActorCriticAgent(Agent):
         return self.network(obs)[0]
 
     @torch.no_grad()
-    def act_recorded(self, obs, step: int, steps: int) -> tuple[np.ndarray, ActingRecord | None]:
+    def act_recorded(self, obs, step: int, steps: int, offset: int = 0,
+                     total: int | None = None) -> tuple[np.ndarray, ActingRecord | None]:
         """Sampled actions (the same draw as ``act``), with this pass's trunk activations kept:
         the update runs its backward from them instead of a second forward over the segment."""
         if type(self).action_logits is not ActorCriticAgent.action_logits:
-            return super().act_recorded(obs, step, steps)  # a subclass acts otherwise: record nothing
-        logits, _, record = self.network.forward_recorded(self.to_tensor(obs), step, steps)
+            return super().act_recorded(obs, step, steps, offset, total)  # a subclass acts otherwise: record nothing
+        logits, _, record = self.network.forward_recorded(self.to_tensor(obs), step, steps, offset, total)
         return self.sample(logits).cpu().numpy(), record
 
     def rollout_terms(self, batch: Rollout) -> RolloutTerms:

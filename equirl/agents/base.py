@@ -31,7 +31,7 @@ class Rollout:
     next_obs: Tensor  # [B, *obs_shape]: the observation after the last step
     final_obs: Tensor  # [K, *obs_shape]
     final_index: Tensor  # [K, 2] int64: (t, b) of each truncated step
-    acting: tuple | None = None  # per step, what act_recorded returned besides the actions
+    acting: tuple | None = None  # per acting call (step, then group), what act_recorded returned besides the actions
 
 
 @dataclass
@@ -144,9 +144,11 @@ class Agent:
         actions = logits.argmax(dim=-1) if greedy else self.sample(logits)
         return actions.cpu().numpy()
 
-    def act_recorded(self, obs: np.ndarray | Tensor, step: int, steps: int) -> tuple[np.ndarray, Any]:
+    def act_recorded(self, obs: np.ndarray | Tensor, step: int, steps: int, offset: int = 0,
+                     total: int | None = None) -> tuple[np.ndarray, Any]:
         """``act(obs)`` at step ``step`` of a ``steps``-step on-policy segment, for the training
-        loop: also returns a record of what of this forward pass ``learn`` may reuse
+        loop, where ``obs`` are the rows ``offset ..`` of the step's ``total`` (envs acted group by
+        group); also returns a record of what of this forward pass ``learn`` may reuse
         (``Rollout.acting``); None here: nothing is kept."""
         return self.act(obs), None
 

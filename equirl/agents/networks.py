@@ -272,47 +272,59 @@ class ActorCriticNetwork(nn.Module):
         return isinstance(trunk, NatureCNN) and not trunk.bf16
 
     @torch.no_grad()
-    def forward_recorded(self, obs: Tensor, step: int, steps: int) -> tuple[Tensor, Tensor, ActingRecord | None]:
+    def forward_recorded(self, obs: Tensor, step: int, steps: int, offset: int = 0,
+                         total: int | None = None) -> tuple[Tensor, Tensor, ActingRecord | None]:
         """``forward`` without gradient for step ``step`` of a ``steps``-step segment, keeping the
         trunk activations :meth:`forward_replayed` learns from (record None where the trunk
-        cannot record). Step 0 starts a new segment: the storage of the previous one is reused
+        cannot record). ``obs`` are rows ``offset ..`` of the step's ``total`` (default: all of
+        them); a step's rows come in order, in one call or several (envs acted group by group).
+        Step 0 at offset 0 starts a new segment: the storage of the previous one is reused
         (preallocated, ~8 ms a rollout less on CPU) and its records become invalid."""
-        if not self.recordable or not 0 <= step < steps:
-            return (*self(obs), None)
         rows = len(obs)
+        total = rows if total is None else total
+        if not self.recordable or not 0 <= step < steps or not 0 <= offset <= total - rows:
+            return (*self(obs), None)
         rec = self._recording
-        if step == 0:
-            if rec is None or rec.steps != steps or rec.rows != rows or rec.trunk.pixels.device != obs.device \
+        if step == 0 and offset == 0:
+            if rec is None or rec.steps != steps or rec.rows != total or rec.trunk.pixels.device != obs.device \
                     or rec.trunk.pixels.dtype != self.trunk.fc[0].weight.dtype:
-                buffers = [None if t is None else t.activation_buffers(steps * rows, obs)
+                buffers = [None if t is None else t.activation_buffers(steps * total, obs)
                            for t in (self.trunk, self.value_trunk)]
-                rec = _Recording(steps, rows, *buffers)
+                rec = _Recording(steps, total, *buffers)
             self._segments += 1  # numbered per network, so no two segments share a number
             rec.segment = self._segments
-            rec.next_step = 0
+            rec.next_step = rec.next_row = 0
             self._recording = rec
-        if rec is None or rec.rows != rows or rec.steps != steps or rec.next_step != step:
-            return (*self(obs), None)  # steps out of order: nothing recorded for this segment
-        rec.next_step += 1
-        part = slice(step * rows, (step + 1) * rows)
+        if rec is None or rec.rows != total or rec.steps != steps or (rec.next_step, rec.next_row) != (step, offset):
+            return (*self(obs), None)  # rows out of order: nothing recorded for this segment
+        rec.next_row += rows
+        if rec.next_row == total:
+            rec.next_step, rec.next_row = step + 1, 0
+        part = slice(step * total + offset, step * total + offset + rows)
         features = self.trunk.forward_recorded(obs, TrunkActivations(*(t[part] for t in rec.trunk)))
         value_features = features if self.value_trunk is None else \
             self.value_trunk.forward_recorded(obs, TrunkActivations(*(t[part] for t in rec.value_trunk)))
-        record = ActingRecord(self._weight_versions(), rec.segment, step)
+        record = ActingRecord(self._weight_versions(), rec.segment, step, offset, rows)
         return self.policy(features), self.value(value_features).squeeze(-1), record
 
     def forward_replayed(self, records: Sequence[ActingRecord | None], rows: int) -> tuple[Tensor, Tensor] | None:
         """``forward`` on the segment whose acting made ``records``, with gradient, without
         running the trunk again; None (run ``forward``) unless the records are the latest
-        segment's, all of its steps in order with ``rows`` rows each, made with the weights as
-        they are now: an optimizer step, a ``load_state_dict`` or any other in-place change
+        segment's, every row of every step in order (``rows`` rows a step), made with the weights
+        as they are now: an optimizer step, a ``load_state_dict`` or any other in-place change
         bumps a weight's version counter."""
         rec = self._recording
-        if rec is None or rec.rows != rows or len(records) != rec.steps or rec.next_step != rec.steps:
+        if rec is None or rec.rows != rows or rec.next_step != rec.steps:
             return None
         versions = self._weight_versions()
-        if any(r is None or r.segment != rec.segment or r.step != t or r.versions != versions
-               for t, r in enumerate(records)):
+        step = row = 0
+        for r in records:  # they must tile the segment: steps in order, rows in order within each
+            if r is None or r.segment != rec.segment or (r.step, r.offset) != (step, row) or r.versions != versions:
+                return None
+            row += r.rows
+            if row == rows:
+                step, row = step + 1, 0
+        if (step, row) != (rec.steps, 0):
             return None
         features = self.trunk.replay(rec.trunk)
         value_features = features if self.value_trunk is None else self.value_trunk.replay(rec.value_trunk)
@@ -323,12 +335,14 @@ class ActorCriticNetwork(nn.Module):
 
 
 class ActingRecord(NamedTuple):
-    """Which step of which recorded segment an acting pass was, and the weights (storage,
-    version) it used."""
+    """Which rows of which step of which recorded segment an acting pass was, and the weights
+    (storage, version) it used."""
 
     versions: tuple
     segment: int
     step: int
+    offset: int  # first row of the step this pass acted for
+    rows: int
 
 
 class _Recording:
@@ -337,4 +351,4 @@ class _Recording:
     def __init__(self, steps: int, rows: int, trunk: TrunkActivations, value_trunk: TrunkActivations | None):
         self.steps, self.rows, self.trunk, self.value_trunk = steps, rows, trunk, value_trunk
         self.segment = 0  # the number of the segment being written
-        self.next_step = 0
+        self.next_step = self.next_row = 0  # where the next acting pass must write

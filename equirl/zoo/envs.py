@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -106,40 +107,90 @@ class Step(NamedTuple):
 
 class VectorEnv:
     """Same-step autoreset vector env: when an episode ends, ``obs`` already holds the first
-    observation of the next one and ``final_obs`` the last observation of the one that ended."""
+    observation of the next one and ``final_obs`` the last observation of the one that ended.
 
-    def __init__(self, spec: EnvSpec, num_envs: int):
+    ``groups > 1`` (Atari only) splits the envs into that many equal groups of consecutive envs,
+    each its own ale-py vector env with its own emulator threads, stepped with :meth:`send` /
+    :meth:`recv`: while one group emulates, the caller can act for another (see
+    OnPolicyCollector). Env ``i`` gets the same seed either way, so the games are the same."""
+
+    def __init__(self, spec: EnvSpec, num_envs: int, groups: int = 1):
         self.spec = spec
         self.num_envs = num_envs
+        if groups < 1 or num_envs % groups:
+            raise EnvError(f"{num_envs} envs do not split into {groups} equal groups")
+        if groups > 1 and spec.kind != "atari":
+            raise EnvError(f"{spec.env_id!r}: only Atari envs step in groups (ale-py's send/recv)")
+        self.groups = groups
+        self.group_size = num_envs // groups
+        self._pending: np.ndarray | None = None
         if spec.kind == "atari":
             from ale_py.vector_env import AtariVectorEnv
 
             settings = {k: v for k, v in spec.ale.items() if k != "game"}
-            self._env = AtariVectorEnv(spec.ale["game"], num_envs, autoreset_mode="SameStep",
-                                       reward_clipping=False, **settings)
+            # One group: ale-py's default, a thread per core. Several: the cores shared out, as
+            # the groups emulate at the same time.
+            threads = {} if groups == 1 else {"num_threads": max(1, (os.cpu_count() or 1) // groups)}
+            self._groups = [AtariVectorEnv(spec.ale["game"], self.group_size, autoreset_mode="SameStep",
+                                           reward_clipping=False, **threads, **settings) for _ in range(groups)]
+            self._env = self._groups[0]
         elif spec.kind == "gymnasium":
             self._env = gym.make_vec(spec.env_id, num_envs, vectorization_mode="sync",
                                      vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
                                      **spec.gym_kwargs)
+            self._groups = [self._env]
         else:
             raise EnvError(f"unknown env kind {spec.kind!r}")
         action_space = self._env.single_action_space
         if not isinstance(action_space, gym.spaces.Discrete):
-            self._env.close()
+            self.close()
             raise EnvError(f"{spec.env_id!r} has {action_space} actions; equirl's agents need a Discrete action space")
         obs_space = self._env.single_observation_space
         if not isinstance(obs_space, gym.spaces.Box):
-            self._env.close()
+            self.close()
             raise EnvError(f"{spec.env_id!r} has {obs_space} observations; equirl needs a Box observation space")
         self.num_actions = int(action_space.n)
         self.obs_info = ObsInfo(tuple(obs_space.shape), np.dtype(obs_space.dtype).name)
 
+    def group_rows(self, group: int) -> slice:
+        """The envs of ``group``, as rows of a ``num_envs`` batch."""
+        return slice(group * self.group_size, (group + 1) * self.group_size)
+
     def reset(self, seed: int) -> np.ndarray:
-        obs, _ = self._env.reset(seed=seed)
-        return obs
+        if self.groups == 1:
+            return self._env.reset(seed=seed)[0]
+        # Consecutive seeds across the groups: env i is seeded seed + i, as in one group.
+        return np.concatenate([env.reset(seed=seed + g * self.group_size)[0] for g, env in enumerate(self._groups)])
 
     def step(self, actions: np.ndarray) -> Step:
-        obs, rewards, terminated, truncated, info = self._env.step(actions)
+        """Step every env (all groups) and wait for all of them."""
+        if self.groups == 1:
+            return self._to_step(*self._env.step(actions))
+        for g in range(self.groups):
+            self.send(g, actions[self.group_rows(g)])
+        steps = [self.recv(g) for g in range(self.groups)]
+        final = None
+        if any(s.final_obs is not None for s in steps):
+            final = np.concatenate([s.final_obs if s.final_obs is not None else np.zeros_like(s.obs) for s in steps])
+        return Step(*(np.concatenate(parts) for parts in list(zip(*steps))[:4]), final)
+
+    def send(self, group: int, actions: np.ndarray) -> None:
+        """Start stepping ``group``'s envs with ``actions`` (one per env of the group)."""
+        if self.groups == 1:
+            self._pending = actions  # one group: stepped, synchronously, at recv
+        else:
+            self._groups[group].send(np.asarray(actions))
+
+    def recv(self, group: int) -> Step:
+        """Wait for the step :meth:`send` started on ``group``."""
+        if self.groups == 1:
+            actions, self._pending = self._pending, None
+            return self.step(actions)
+        obs, rewards, terminated, truncated, info = self._groups[group].recv()
+        return self._to_step(obs, rewards, terminated, truncated, info)
+
+    @staticmethod
+    def _to_step(obs, rewards, terminated, truncated, info) -> Step:
         done = terminated | truncated
         final = None
         if done.any():
@@ -173,7 +224,8 @@ class VectorEnv:
                 _restore_fields(layer, fields)
 
     def close(self) -> None:
-        self._env.close()
+        for env in self._groups:
+            env.close()
 
 
 def _layers(env) -> list:
@@ -206,8 +258,9 @@ def _restore_fields(obj, fields: dict) -> None:
             setattr(obj, name, saved["value"])
 
 
-def make_vector_env(spec: EnvSpec | str, num_envs: int) -> VectorEnv:
-    """The one env builder: from an id (what it means today) or a recorded spec (exactly that)."""
+def make_vector_env(spec: EnvSpec | str, num_envs: int, groups: int = 1) -> VectorEnv:
+    """The one env builder: from an id (what it means today) or a recorded spec (exactly that);
+    ``groups``: see :class:`VectorEnv`."""
     if isinstance(spec, str):
         spec = spec_from_id(spec)
-    return VectorEnv(spec, num_envs)
+    return VectorEnv(spec, num_envs, groups)

@@ -28,11 +28,13 @@ class EpisodeTracker:
         self.returns = np.zeros(num_envs, dtype=np.float64)
         self.lengths = np.zeros(num_envs, dtype=np.int64)
 
-    def update(self, step: Step) -> list[Episode]:
-        self.returns += step.rewards
-        self.lengths += 1
+    def update(self, step: Step, rows: slice = slice(None)) -> list[Episode]:
+        """Add ``step`` (of the envs ``rows``); the episodes it ended, in env order."""
+        self.returns[rows] += step.rewards
+        self.lengths[rows] += 1
         finished = []
-        for i in np.flatnonzero(step.terminated | step.truncated):
+        offset = rows.start or 0
+        for i in offset + np.flatnonzero(step.terminated | step.truncated):
             finished.append(Episode(float(self.returns[i]), int(self.lengths[i])))
             self.returns[i] = 0.0
             self.lengths[i] = 0
@@ -74,26 +76,44 @@ class OnPolicyCollector(CollectorState):
         self._truncated = np.zeros(shape, dtype=bool)
 
     def collect(self, agent: Agent) -> tuple[Rollout, list[Episode]]:
+        """One segment. With the envs in groups (VectorEnv ``groups > 1``) acting for a group
+        overlaps the emulation of the others: each group is sent its actions as soon as they are
+        drawn. The policy is the same for the whole segment and the actions are drawn group after
+        group from the same stream, so the segment is the one lockstep stepping gives."""
+        env, n = self.env, self.n_steps
         episodes: list[Episode] = []
         finals: list[np.ndarray] = []
         final_index: list[tuple[int, int]] = []
         acting = []
-        clip = self.env.spec.reward_clipping
-        for t in range(self.n_steps):
+        clip = env.spec.reward_clipping
+        if not self.obs.flags.writeable:
+            self.obs = self.obs.copy()  # written group by group below
+
+        def act(t: int, group: int) -> None:
+            rows = env.group_rows(group)
             # Stored before stepping: correct even for an env that reuses its observation buffer.
-            self._obs[t] = self.obs
-            actions, record = agent.act_recorded(self.obs, t, self.n_steps)
+            self._obs[t, rows] = self.obs[rows]
+            actions, record = agent.act_recorded(self.obs[rows], t, n, rows.start, env.num_envs)
             acting.append(record)
-            step = self.env.step(actions)
-            self._actions[t] = actions
-            self._rewards[t] = training_rewards(step, clip)
-            self._terminated[t] = step.terminated
-            self._truncated[t] = step.truncated
-            for b in np.flatnonzero(step.truncated & ~step.terminated):
-                finals.append(step.final_obs[b])
-                final_index.append((t, b))
-            episodes += self.tracker.update(step)
-            self.obs = step.obs
+            self._actions[t, rows] = actions
+            env.send(group, actions)
+
+        for g in range(env.groups):
+            act(0, g)
+        for t in range(n):
+            for g in range(env.groups):
+                rows = env.group_rows(g)
+                step = env.recv(g)
+                self._rewards[t, rows] = training_rewards(step, clip)
+                self._terminated[t, rows] = step.terminated
+                self._truncated[t, rows] = step.truncated
+                for b in np.flatnonzero(step.truncated & ~step.terminated):
+                    finals.append(step.final_obs[b])
+                    final_index.append((t, rows.start + b))
+                episodes += self.tracker.update(step, rows)
+                self.obs[rows] = step.obs
+                if t + 1 < n:
+                    act(t + 1, g)
         device = agent.device
         final_obs = np.stack(finals) if finals else np.zeros((0,) + self.obs.shape[1:], dtype=self.obs.dtype)
         rollout = Rollout(
@@ -101,7 +121,7 @@ class OnPolicyCollector(CollectorState):
             rewards=torch.as_tensor(self._rewards, device=device),
             terminated=torch.as_tensor(self._terminated, device=device),
             truncated=torch.as_tensor(self._truncated & ~self._terminated, device=device),
-            next_obs=agent.to_tensor(self.obs), final_obs=agent.to_tensor(final_obs),
+            next_obs=agent.to_tensor(self.obs.copy()), final_obs=agent.to_tensor(final_obs),
             final_index=torch.as_tensor(np.array(final_index, dtype=np.int64).reshape(-1, 2), device=device),
             acting=tuple(acting),
         )

@@ -90,7 +90,8 @@ class TrainResult:
 def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | Path | None = None,
           device: str = "auto", overrides: dict[str, str] | None = None, config_values: dict | None = None,
           progress: bool = False, log_every: int = 100, checkpoint_every: int = 0,
-          command: str | None = None, resume: bool = False, sync_check_every: int = 100) -> TrainResult:
+          command: str | None = None, resume: bool = False, sync_check_every: int = 100,
+          env_groups: int | None = None) -> TrainResult:
     """Train ``agent_id`` on ``env_id`` for ``steps`` agent steps (transitions, all envs counted).
 
     Everything is checked before anything is written: a bad argument raises :class:`TrainError`
@@ -107,6 +108,11 @@ def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | P
     :mod:`equirl.zoo.distributed`): ``num_envs``, and soft-q's ``buffer_size`` and
     ``batch_size``, are split over the ranks, gradients are averaged, rank 0 alone writes
     ``out``, and every ``sync_check_every`` updates the ranks compare parameter fingerprints.
+
+    ``env_groups`` (on-policy agents on Atari, one process): step the envs in that many groups,
+    acting for one group while the others emulate (see OnPolicyCollector). The segments are the
+    ones lockstep stepping gives. None picks 2 on a GPU, where acting leaves the CPU cores idle,
+    and 1 on CPU, where the network needs the cores the emulators use (slower there: BENCHMARKS.md).
     """
     if agent_id not in AGENTS:
         close = difflib.get_close_matches(agent_id, list(AGENTS), n=1, cutoff=0.5)
@@ -125,13 +131,15 @@ def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | P
     try:
         with subnormals_flushed() as flush:
             return _train(agent_id, env_id, steps, seed, run_dir, torch_device, ranks, overrides, config_values,
-                          progress, log_every, checkpoint_every, command, resume, sync_check_every, flush)
+                          progress, log_every, checkpoint_every, command, resume, sync_check_every, flush,
+                          env_groups)
     finally:
         ranks.stop()
 
 
 def _train(agent_id, env_id, steps, seed, run_dir, torch_device, ranks, overrides, config_values,
-           progress, log_every, checkpoint_every, command, resume, sync_check_every, flush) -> TrainResult:
+           progress, log_every, checkpoint_every, command, resume, sync_check_every, flush,
+           env_groups) -> TrainResult:
     checkpoint_bytes = None
     if resume:
         config, spec, seed, checkpoint_bytes = _resume_setup(agent_id, env_id, run_dir, overrides, config_values,
@@ -153,8 +161,9 @@ def _train(agent_id, env_id, steps, seed, run_dir, torch_device, ranks, override
         raise TrainError(str(err)) from None
     if not ranks.is_main:
         run_dir = None  # rank 0 alone writes the run directory
+    groups = _env_groups(env_groups, agent_id, spec, local_envs, torch_device, ranks)
 
-    env = make_vector_env(spec, local_envs)
+    env = make_vector_env(spec, local_envs, groups)
     try:
         agent = build_agent(agent_id, config, spec, env.obs_info, env.num_actions, torch_device, seed)
         start = {"steps": 0, "updates": 0}
@@ -165,7 +174,7 @@ def _train(agent_id, env_id, steps, seed, run_dir, torch_device, ranks, override
                 run_dir.mkdir(parents=True, exist_ok=True)
                 fmt.write_json(run_dir / fmt.CONFIG_FILE, run_config(
                     agent, {"total_steps": steps, "device": str(torch_device), "command": command,
-                            "processes": ranks.world, "flush_denormal": {"0": flush}}))
+                            "processes": ranks.world, "env_groups": groups, "flush_denormal": {"0": flush}}))
             except OSError as err:
                 raise TrainError(f"cannot write the run directory {run_dir}: {err.strerror or err}") from None
         if resume and run_dir is not None:
@@ -191,6 +200,20 @@ def _train(agent_id, env_id, steps, seed, run_dir, torch_device, ranks, override
     finally:
         env.close()
     return result
+
+
+def _env_groups(requested: int | None, agent_id: str, spec: EnvSpec, num_envs: int, device: torch.device,
+                ranks: Ranks) -> int:
+    """How many groups the envs step in (see ``train``'s ``env_groups``)."""
+    possible = agent_on_policy(agent_id) and spec.kind == "atari" and not ranks.active
+    if requested is None:
+        return 2 if possible and device.type == "cuda" and num_envs % 2 == 0 else 1
+    if requested == 1:
+        return 1
+    if requested < 1 or not possible or num_envs % requested:
+        raise TrainError(f"env_groups={requested}: envs step in groups only for the on-policy agents on Atari "
+                         f"in one process, in groups that divide num_envs ({num_envs})")
+    return requested
 
 
 def agent_on_policy(agent_id: str) -> bool:
