@@ -125,7 +125,7 @@ class ActorCriticAgent(Agent):
         are unchanged since (see ActorCriticNetwork.forward_replayed); the same numbers."""
         steps, envs = batch.actions.shape
         replayed = self.network.forward_replayed(batch.acting, envs) if batch.acting else None
-        logits, values = replayed if replayed is not None else self.network(batch.obs.flatten(0, 1))
+        logits, values = replayed if replayed is not None else self.network(self.to_tensor(batch.obs.flatten(0, 1)))
         with torch.no_grad():
             _, bootstrap = self.network(torch.cat([batch.next_obs, batch.final_obs]))
         log_pi = F.log_softmax(logits, dim=-1).view(steps, envs, -1)

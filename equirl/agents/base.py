@@ -16,14 +16,18 @@ from torch import Tensor, nn
 
 @dataclass
 class Rollout:
-    """An on-policy segment of T steps from B environments, time-major, on the agent's device.
+    """An on-policy segment of T steps from B environments, time-major, on the agent's device
+    (``obs`` may stay on the host: see there).
 
     ``final_obs``/``final_index`` carry the last observation of episodes that were truncated
     inside the segment (``final_index[k] = (t, b)``): their value is bootstrapped, whereas
     ``obs[t+1, b]`` is already the first observation of the next episode.
     """
 
-    obs: Tensor  # [T, B, *obs_shape]
+    # [T, B, *obs_shape]. The collector leaves it on the host as the env emitted it: an update
+    # that replays acting's forward pass never reads it, and on a GPU moving it would be the
+    # largest copy of the update. Read it through Agent.to_tensor.
+    obs: Tensor
     actions: Tensor  # [T, B] int64
     rewards: Tensor  # [T, B] float
     terminated: Tensor  # [T, B] bool

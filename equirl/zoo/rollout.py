@@ -117,7 +117,7 @@ class OnPolicyCollector(CollectorState):
         device = agent.device
         final_obs = np.stack(finals) if finals else np.zeros((0,) + self.obs.shape[1:], dtype=self.obs.dtype)
         rollout = Rollout(
-            obs=agent.to_tensor(self._obs), actions=torch.as_tensor(self._actions, device=device),
+            obs=torch.from_numpy(self._obs), actions=torch.as_tensor(self._actions, device=device),
             rewards=torch.as_tensor(self._rewards, device=device),
             terminated=torch.as_tensor(self._terminated, device=device),
             truncated=torch.as_tensor(self._truncated & ~self._terminated, device=device),
