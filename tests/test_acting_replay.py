@@ -149,21 +149,12 @@ def test_bf16_trunks_do_not_record():
     assert record is None and logits.shape == (2, A) and values.shape == (2,)
 
 
-def test_training_replays_every_update_and_learns_what_the_fresh_forward_does(monkeypatch):
+def test_training_replays_every_update_and_learns_what_the_fresh_forward_does(monkeypatch, replay_uses):
     """The training loop's collector hands acting's records to learn: a float64 run with
     replay gives the weights of the same run with replay switched off."""
     values = {"num_envs": 2, "float64": True}
-    used = []
-    original = ActorCriticNetwork.forward_replayed
-
-    def spy(network, records, rows):
-        out = original(network, records, rows)
-        used.append(out is not None)
-        return out
-
-    monkeypatch.setattr(ActorCriticNetwork, "forward_replayed", spy)
     replayed = train("a3c", "ALE/Pong-v5", 120, seed=1, config_values=values)
-    assert len(used) == 12 and all(used)
+    assert replay_uses == [True] * 12
     monkeypatch.setattr(ActorCriticNetwork, "forward_replayed", lambda *args: None)
     fresh = train("a3c", "ALE/Pong-v5", 120, seed=1, config_values=values)
     for name, tensor in fresh.agent.weights().items():
@@ -187,3 +178,35 @@ def test_replay_follows_other_image_shapes(obs_shape):
     assert torch.allclose(logits, logits_ref, rtol=1e-12, atol=1e-15)
     for (name, p), g in zip(net.named_parameters(), got):
         assert (g - p.grad).abs().max().item() <= 1e-12 * p.grad.abs().max().item(), name
+
+
+def test_steps_recorded_in_groups_replay_like_whole_steps():
+    """A step's rows may be acted in several calls (envs stepped in groups): recorded in order,
+    they replay to the fresh forward's gradient (float64, separate value trunk too); any other
+    order, a missing group or rows past the step's end leave nothing to replay."""
+    net = ActorCriticNetwork(default_trunk_spec((4, 84, 84), "uint8"), A, shared=False).double()
+    gen = torch.Generator().manual_seed(9)
+    steps = [_pixels(gen, 4) for _ in range(2)]
+    records = [net.forward_recorded(obs[rows], t, 2, rows.start, 4)[2]
+               for t, obs in enumerate(steps) for rows in (slice(0, 1), slice(1, 4))]
+    assert [(r.step, r.offset, r.rows) for r in records] == [(0, 0, 1), (0, 1, 3), (1, 0, 1), (1, 1, 3)]
+    logits, values = net.forward_replayed(records, 4)
+    (logits.sum() + values.square().sum()).backward()
+    got = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    logits_ref, values_ref = net(torch.cat(steps))
+    (logits_ref.sum() + values_ref.square().sum()).backward()
+    assert torch.allclose(logits, logits_ref, rtol=1e-12, atol=1e-15)
+    assert torch.allclose(values, values_ref, rtol=1e-12, atol=1e-15)
+    for (name, p), g in zip(net.named_parameters(), got):
+        assert (g - p.grad).abs().max().item() <= 1e-12 * p.grad.abs().max().item(), name
+    # The records must tile the segment in order.
+    assert net.forward_replayed([records[1], records[0]] + records[2:], 4) is None
+    assert net.forward_replayed(records[:3], 4) is None
+    assert net.forward_replayed(records, 2) is None
+    # Acted out of order (the second group first), or past the step's rows: nothing is recorded.
+    assert net.forward_recorded(steps[0][2:], 0, 2, 2, 4)[2] is None  # a segment starts at row 0
+    assert net.forward_recorded(steps[0][:1], 0, 2, 0, 4)[2] is not None  # it does here
+    assert net.forward_recorded(steps[0][:2], 0, 2, 3, 4)[2] is None  # rows 3..4 of 0..3
+    assert net.forward_recorded(steps[0][2:], 0, 2, 2, 4)[2] is None  # row 1 has not come
+    assert net.forward_recorded(steps[0][1:], 0, 2, 1, 4)[2] is not None  # rows 1..3: in order

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from equirl.agents.networks import ActorCriticNetwork
 from equirl.hub.format import WEIGHTS_FILE, read_tensors
 from equirl.zoo import presets
 from equirl.zoo.envs import EnvError, make_vector_env, spec_from_id
@@ -53,19 +52,10 @@ def test_grouped_env_rejects_what_it_cannot_do():
         make_vector_env("CartPole-v1", 4, groups=2)
 
 
-def test_pipelined_segments_and_updates_equal_lockstep(monkeypatch):
-    """float64 a3c, 4 envs in 2 groups vs 1, four segments with an update after each: the
+def test_pipelined_segments_and_updates_equal_lockstep(replay_uses):
+    """float64 a3c, 4 envs in 2 groups vs 1, eight segments with an update after each: the
     rollouts are equal in every field, each update learns from acting's recorded pass (the
     replay is taken, not the fallback), and the weights stay equal to float64 rounding."""
-    replayed = []
-    original = ActorCriticNetwork.forward_replayed
-
-    def spy(self, records, rows):
-        out = original(self, records, rows)
-        replayed.append(out is not None)
-        return out
-
-    monkeypatch.setattr(ActorCriticNetwork, "forward_replayed", spy)
     spec = _short_pong()
     cfg = presets.make_config("a3c", "atari", num_envs=4, n_steps=5, float64=True)
     runs = []
@@ -81,7 +71,7 @@ def test_pipelined_segments_and_updates_equal_lockstep(monkeypatch):
             rollouts.append((rollout, episodes))
         runs.append((agent, rollouts))
         env.close()
-    assert replayed == [True] * 16
+    assert replay_uses == [True] * 16
     (agent1, rollouts1), (agent2, rollouts2) = runs
     truncated = 0
     for (r1, e1), (r2, e2) in zip(rollouts1, rollouts2):
