@@ -86,7 +86,7 @@ class OnPolicyCollector(CollectorState):
         final_index: list[tuple[int, int]] = []
         acting = []
         clip = env.spec.reward_clipping
-        if not self.obs.flags.writeable:
+        if env.groups > 1 and not self.obs.flags.writeable:
             self.obs = self.obs.copy()  # written group by group below
 
         def act(t: int, group: int) -> None:
@@ -111,7 +111,10 @@ class OnPolicyCollector(CollectorState):
                     finals.append(step.final_obs[b])
                     final_index.append((t, rows.start + b))
                 episodes += self.tracker.update(step, rows)
-                self.obs[rows] = step.obs
+                if env.groups == 1:
+                    self.obs = step.obs
+                else:
+                    self.obs[rows] = step.obs
                 if t + 1 < n:
                     act(t + 1, g)
         device = agent.device
