@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import sys
 
-# Idle OpenMP threads spin after every torch operation by default, on the very cores ale-py's
-# emulator threads need: waiting passively makes Atari training about 15% faster on 2 cores
-# (BENCHMARKS.md). It only takes effect when equirl is imported before torch (the `equirl`
-# command always is); a value the user set wins.
+# How torch's idle OpenMP threads wait between operations (equirl/zoo/cpu_threads.py): libgomp's
+# (pip builds of torch) spin, and equirl ends them before each emulator step, so that they neither
+# hold the emulator's cores nor need waking for every operation; other OpenMP runtimes wait
+# passively (spinning on the emulator's cores cost ~15% on 2 cores; BENCHMARKS.md). OpenMP reads
+# these once, when torch loads it: equirl must be imported first (the `equirl` command always is).
+# A setting the user made wins.
 # Whether OpenMP will see a wait policy, ours or the user's: not when torch loaded it before.
 OMP_WAIT_POLICY_APPLIES = "torch" not in sys.modules or "OMP_WAIT_POLICY" in os.environ
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # what runtimes without GOMP_SPINCOUNT get
+    os.environ["GOMP_SPINCOUNT"] = "300000"  # libgomp: its own default spin (~ms), which overrides PASSIVE
 
 __version__ = "0.1.0"
 

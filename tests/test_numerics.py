@@ -75,6 +75,28 @@ def test_train_in_python_restores_the_callers_mode(tmp_path):
     assert flush_state() == before
 
 
+TRAIN_IN_PYTHON = """
+import json, sys, torch
+from equirl.zoo.train import train
+torch.set_num_threads(2)
+torch.ones(1 << 20).mul(2)  # the worker threads exist, not flushing, before train() is called
+train("a3c", "CartPole-v1", 128, out=sys.argv[1])
+x = torch.full((1 << 20,), 1e-20)
+print(json.loads(open(sys.argv[1] + "/config.json").read())["training"]["flush_denormal"]["0"], int((x * x != 0).sum()))
+"""
+
+
+def test_train_in_python_flushes_in_every_thread_and_leaves_none_flushing(tmp_path):
+    """train() ends torch's worker threads before it flushes (so they start again flushing) and
+    after it restores the caller's mode (so none keeps flushing for the caller)."""
+    out = subprocess.run([sys.executable, "-c", TRAIN_IN_PYTHON, str(tmp_path / "run")], check=False,
+                         capture_output=True, text=True, timeout=300, env=TWO_THREADS)
+    assert out.returncode == 0, out.stderr
+    recorded, nonzero = out.stdout.strip().splitlines()[-1].rsplit(maxsplit=1)
+    assert recorded == "all threads"
+    assert int(nonzero) == 1 << 20
+
+
 def test_flushing_can_be_turned_off_and_a_bad_setting_is_refused(tmp_path):
     env = {**TWO_THREADS, "EQUIRL_FLUSH_DENORMAL": "0"}
     off = subprocess.run([sys.executable, "-m", "equirl", "train", "a3c", "CartPole-v1", "--steps", "128", "--out",
@@ -95,7 +117,10 @@ import sys, warnings
 if sys.argv[1] == "torch-first":
     import torch
 import equirl, torch
+from equirl.zoo import cpu_threads
 from equirl.zoo.train import train
+if sys.argv[2] == "no-release":  # an OpenMP runtime without omp_pause_resource_all
+    cpu_threads._pause_functions = lambda: ()
 torch.set_num_threads(2)
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -104,11 +129,16 @@ print(sum("import equirl first" in str(w.message) for w in caught))
 """
 
 
-@pytest.mark.parametrize("order, warned", [("torch-first", "1"), ("equirl-first", "0")])
-def test_training_warns_when_torch_was_imported_first(order, warned):
-    # OpenMP reads OMP_WAIT_POLICY once, when torch loads it: equirl's setting is then too late.
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", WARN_PROBE, order], check=False, capture_output=True, text=True,
-                         timeout=120, env=env)
+@pytest.mark.parametrize("order, release, warned", [
+    ("torch-first", "no-release", "1"),
+    ("torch-first", "release", "0"),  # libgomp spins by default, and equirl ends its threads in time
+    ("equirl-first", "no-release", "0"),
+])
+def test_training_warns_when_torch_was_imported_first(order, release, warned):
+    # OpenMP reads its wait settings once, when torch loads it: equirl's are then too late, which
+    # matters only where equirl cannot end the spinning threads before the emulator runs.
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", WARN_PROBE, order, release], check=False, capture_output=True,
+                         text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == warned

@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 
 from ..agents.base import ObsInfo, dataclass_from_dict
+from . import cpu_threads
 
 try:  # ale-py registers the ALE/... and ...NoFrameskip-v4 ids
     import ale_py
@@ -165,6 +166,8 @@ class VectorEnv:
     def step(self, actions: np.ndarray) -> Step:
         """Step every env (all groups) and wait for all of them."""
         if self.groups == 1:
+            if self.spec.kind == "atari":
+                cpu_threads.release()  # the emulator's threads get the cores torch's workers spin on
             return self._to_step(*self._env.step(actions))
         for g in range(self.groups):
             self.send(g, actions[self.group_rows(g)])
@@ -179,6 +182,7 @@ class VectorEnv:
         if self.groups == 1:
             self._pending = actions  # one group: stepped, synchronously, at recv
         else:
+            cpu_threads.release()
             self._groups[group].send(np.asarray(actions))
 
     def recv(self, group: int) -> Step:

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 
 import torch
 
+from . import cpu_threads
+
 # Enough elements that torch splits the multiply over all its threads (its grain is 32768).
 _PROBE_ELEMENTS = 1 << 20
 
@@ -62,8 +64,13 @@ def subnormals_flushed():
     so that a Python session that called :func:`equirl.zoo.train.train` keeps its own numerics.
     Yields :func:`flush_state` as measured inside."""
     before = flush_state() != "off"
+    # Worker threads copy the mode of the thread that starts them: ended here, they start again
+    # flushing (whenever the pool existed before), and ended after, they do not keep flushing
+    # for the caller.
+    cpu_threads.release()
     flush_subnormals()
     try:
         yield flush_state()
     finally:
         torch.set_flush_denormal(before)
+        cpu_threads.release()

@@ -25,7 +25,7 @@ from .. import OMP_WAIT_POLICY_APPLIES
 from ..agents import AGENTS, Agent
 from ..agents.networks import default_trunk_spec
 from ..hub import format as fmt
-from . import presets
+from . import cpu_threads, presets
 from .distributed import DistributedError, Ranks
 from .envs import EnvSpec, make_vector_env, spec_from_id
 from .numerics import subnormals_flushed
@@ -123,7 +123,8 @@ def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | P
     run_dir = Path(out) if out is not None else None
     ranks = Ranks.from_environment()
     torch_device = ranks.device(resolve_device(device))
-    if torch_device.type == "cpu" and torch.get_num_threads() > 1 and not OMP_WAIT_POLICY_APPLIES:
+    if torch_device.type == "cpu" and torch.get_num_threads() > 1 and not OMP_WAIT_POLICY_APPLIES \
+            and not cpu_threads.can_release():
         warnings.warn("torch was imported before equirl, so OpenMP's idle threads spin on the cores the "
                       "envs need (Atari training ~15% slower on few cores): import equirl first, or set "
                       "OMP_WAIT_POLICY=PASSIVE before starting Python", RuntimeWarning, stacklevel=2)
