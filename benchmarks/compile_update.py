@@ -9,7 +9,7 @@ import argparse
 import statistics
 import time
 
-import equirl  # noqa: F401  (before torch: equirl sets OMP_WAIT_POLICY)
+import equirl  # noqa: F401  (before torch: equirl sets OpenMP's wait settings)
 
 # isort: split
 import torch

@@ -12,10 +12,11 @@ autocast. ``a3c+groups2`` (on-policy agents) steps the envs in 2 groups, acting 
 other emulates (``train(env_groups=2)``, the default on a GPU); ``a3c+groups1`` is lockstep.
 
 Each equirl run imports equirl before torch, as the ``equirl`` command does, so it gets the
-``OMP_WAIT_POLICY=PASSIVE`` that ``import equirl`` sets (OpenMP reads it once, when torch loads
-it). SB3 runs as shipped, with OpenMP's default of spinning idle threads; ``--sb3-passive`` adds
-SB3 runs with ``OMP_WAIT_POLICY=PASSIVE`` in their environment too (``sb3-a2c+passive``), so the
-table shows what that one setting is worth to either side.
+OpenMP wait settings ``import equirl`` makes (OpenMP reads them once, when torch loads it:
+libgomp's idle threads spin, and equirl ends them before each emulator step; see
+equirl/zoo/cpu_threads.py). SB3 runs as shipped, with OpenMP's default of spinning idle threads;
+``--sb3-passive`` adds SB3 runs with ``OMP_WAIT_POLICY=PASSIVE`` in their environment too
+(``sb3-a2c+passive``), so the table shows what that one setting is worth to SB3.
 
 ``--plain`` adds the brief's third anchor, a hand-written PyTorch A2C loop over the same vector
 env (plain_a2c.py): as written (``plain-a2c``) and with equirl's two loop-independent settings,

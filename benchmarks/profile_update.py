@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-import equirl  # noqa: F401  (before torch: equirl sets OMP_WAIT_POLICY)
+import equirl  # noqa: F401  (before torch: equirl sets OpenMP's wait settings)
 
 # isort: split
 import numpy as np
