@@ -169,13 +169,20 @@ def test_replay_follows_other_image_shapes(obs_shape):
     gen = torch.Generator().manual_seed(5)
     steps = [torch.randint(0, 256, (2, *obs_shape), dtype=torch.uint8, generator=gen) for _ in range(2)]
     records = [net.forward_recorded(obs, t, 2)[2] for t, obs in enumerate(steps)]
-    logits, values = net.forward_replayed(records, 2)
+    _assert_replay_is_the_fresh_forward(net, records, steps)
+
+
+def _assert_replay_is_the_fresh_forward(net, records, steps):
+    """float64: ``records`` (acting on ``steps``) replay to the outputs and the gradient of a fresh
+    forward over the same observations, to 1e-12."""
+    logits, values = net.forward_replayed(records, len(steps[0]))
     (logits.sum() + values.square().sum()).backward()
     got = [p.grad.clone() for p in net.parameters()]
     net.zero_grad()
     logits_ref, values_ref = net(torch.cat(steps))
     (logits_ref.sum() + values_ref.square().sum()).backward()
     assert torch.allclose(logits, logits_ref, rtol=1e-12, atol=1e-15)
+    assert torch.allclose(values, values_ref, rtol=1e-12, atol=1e-15)
     for (name, p), g in zip(net.named_parameters(), got):
         assert (g - p.grad).abs().max().item() <= 1e-12 * p.grad.abs().max().item(), name
 
@@ -190,16 +197,7 @@ def test_steps_recorded_in_groups_replay_like_whole_steps():
     records = [net.forward_recorded(obs[rows], t, 2, rows.start, 4)[2]
                for t, obs in enumerate(steps) for rows in (slice(0, 1), slice(1, 4))]
     assert [(r.step, r.offset, r.rows) for r in records] == [(0, 0, 1), (0, 1, 3), (1, 0, 1), (1, 1, 3)]
-    logits, values = net.forward_replayed(records, 4)
-    (logits.sum() + values.square().sum()).backward()
-    got = [p.grad.clone() for p in net.parameters()]
-    net.zero_grad()
-    logits_ref, values_ref = net(torch.cat(steps))
-    (logits_ref.sum() + values_ref.square().sum()).backward()
-    assert torch.allclose(logits, logits_ref, rtol=1e-12, atol=1e-15)
-    assert torch.allclose(values, values_ref, rtol=1e-12, atol=1e-15)
-    for (name, p), g in zip(net.named_parameters(), got):
-        assert (g - p.grad).abs().max().item() <= 1e-12 * p.grad.abs().max().item(), name
+    _assert_replay_is_the_fresh_forward(net, records, steps)
     # The records must tile the segment in order.
     assert net.forward_replayed([records[1], records[0]] + records[2:], 4) is None
     assert net.forward_replayed(records[:3], 4) is None
