@@ -163,6 +163,10 @@ def _train(agent_id, env_id, steps, seed, run_dir, torch_device, ranks, override
     if not ranks.is_main:
         run_dir = None  # rank 0 alone writes the run directory
     groups = _env_groups(env_groups, agent_id, spec, local_envs, torch_device, ranks)
+    if groups > 1 and torch_device.type == "cpu":
+        warnings.warn(f"env_groups={groups} on CPU: acting then competes with the emulators for the cores, "
+                      "which made a3c ~3.6x slower than lockstep on 2 cores (BENCHMARKS.md); it is meant for "
+                      "GPUs", RuntimeWarning, stacklevel=3)
 
     env = make_vector_env(spec, local_envs, groups)
     try:
