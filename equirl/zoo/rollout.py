@@ -112,7 +112,7 @@ class OnPolicyCollector(CollectorState):
                     final_index.append((t, rows.start + b))
                 episodes += self.tracker.update(step, rows)
                 if env.groups == 1:
-                    self.obs = step.obs
+                    self.obs = step.obs  # the env's own array, as emitted: no copy on the hot path
                 else:
                     self.obs[rows] = step.obs
                 if t + 1 < n:
