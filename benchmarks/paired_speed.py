@@ -91,8 +91,9 @@ def equirl_sps(name: str, env_id: str, steps: int, threads: int = 0, device: str
 
 def script_sps(args: list[str], passive: bool = False) -> float:
     """Steps/s printed (last line, JSON) by a peer script run with ``args``: OpenMP's default
-    wait policy (the script as shipped), or ``passive`` for the one equirl sets."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    wait policy (the script as shipped), or ``passive``: OMP_WAIT_POLICY=PASSIVE. GOMP_SPINCOUNT
+    is dropped too: in libgomp it overrides the wait policy (equirl sets it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     if passive:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     out = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=True, env=env)
