@@ -1,6 +1,8 @@
 """The ``bf16`` option: the CNN trunk under bfloat16 autocast, checked against float64."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -84,16 +86,30 @@ def _grad_free_matches_autocast(network: torch.nn.Module, obs: torch.Tensor) -> 
     return all(torch.equal(a, b.detach()) for a, b in zip(cached, fresh))
 
 
+def _float32_matches_float64(network: torch.nn.Module, obs: torch.Tensor) -> bool:
+    """A float32 forward (the FC layer as a convolution, its kernel cached) against a float64
+    copy of the network as it is now (plain linear)."""
+    with torch.no_grad():
+        got = network(obs)
+        want = copy.deepcopy(network).double()(obs)
+    got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+    return all(torch.allclose(a.double(), b, rtol=1e-4, atol=1e-5) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "float32"])
 @pytest.mark.parametrize("agent_id,values", [
     ("a3c", {}),  # RMSprop (equirl/agents/optim.py)
     ("entropy-pg", {"shared_trunk": False}),  # fused Adam, two CNN trunks
     ("soft-q", {"target_update_interval": 2}),  # fused Adam, and a target network synced by copy
 ])
-def test_cached_bf16_weights_follow_every_weight_update(agent_id, values):
+def test_cached_weights_follow_every_weight_update(agent_id, values, bf16):
+    """bf16 keeps bfloat16 copies of the weights, float32 on CPU the FC weight as a convolution
+    kernel: both are made again after every change of the weights they copy."""
     from equirl.agents import AGENTS, ObsInfo, ReplaySample, Rollout
     from equirl.agents.networks import default_trunk_spec
 
-    config = make_config(agent_id, "atari", bf16=True, **values)
+    matches = _grad_free_matches_autocast if bf16 else _float32_matches_float64
+    config = make_config(agent_id, "atari", bf16=bf16, **values)
     spec = {"trunk": default_trunk_spec((4, 84, 84), "uint8")}
     agent = AGENTS[agent_id](config, ObsInfo((4, 84, 84), "uint8"), 6, spec, "cpu", 0)
     gen = torch.Generator().manual_seed(4)
@@ -102,7 +118,7 @@ def test_cached_bf16_weights_follow_every_weight_update(agent_id, values):
     networks = [agent.network] + ([agent.target] if agent_id == "soft-q" else [])
     fc_weights = lambda: [net.trunk.fc[0].weight.detach().clone() for net in networks]
     for step in range(4):
-        assert all(_grad_free_matches_autocast(net, probe) for net in networks), step
+        assert all(matches(net, probe) for net in networks), step
         before = fc_weights()
         if agent_id == "soft-q":
             n = config.n_steps
@@ -119,4 +135,4 @@ def test_cached_bf16_weights_follow_every_weight_update(agent_id, values):
         # missed any of these updates fails the comparison that follows.
         moved = [not torch.equal(a, b) for a, b in zip(before, fc_weights())]
         assert moved == [True] + ([step % 2 == 1] if agent_id == "soft-q" else []), (step, moved)
-    assert all(_grad_free_matches_autocast(net, probe) for net in networks)
+    assert all(matches(net, probe) for net in networks)

@@ -27,47 +27,99 @@ class TrunkActivations(NamedTuple):
     pixels: Tensor  # the scaled input of conv1
     conv1: Tensor  # ReLU output of conv1 (conv2's input)
     conv2: Tensor  # ReLU output of conv2 (conv3's input)
-    conv3_flat: Tensor  # ReLU output of conv3, flattened (the FC layer's input)
+    conv3: Tensor  # ReLU output of conv3 (the FC layer's input), channels-last like the others
     features: Tensor  # ReLU output of the FC layer
+
+
+def _fc_on_onednn(weight: Tensor) -> bool:
+    """Whether the trunk's FC layer runs as a convolution (see :class:`_FcAsConv`): float32 on
+    CPU, where torch convolves through oneDNN. GPUs and float64 keep ``F.linear``."""
+    return weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+
+
+def _fc_input_grad(grad: Tensor, inputs: Tensor, kernel: Tensor) -> Tensor:
+    """Gradient of :class:`_FcAsConv` with respect to its [N, C, H, W] input (channels-last)."""
+    return torch.ops.aten.convolution_backward(
+        grad.view(*grad.shape, 1, 1), inputs, kernel, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+        [True, False, False])[0]
+
+
+def _fc_weight_grad(grad: Tensor, inputs: Tensor) -> Tensor:
+    """Gradient of :class:`_FcAsConv` with respect to the [out, C*H*W] FC weight: ``grad.T @
+    inputs.flatten(1)``, computed as a 1x1 convolution of one image whose C*H*W pixels have the
+    N rows as channels, because that runs in oneDNN (1.5-1.8x MKL's mm here, BENCHMARKS.md)."""
+    rows, out = grad.shape
+    flat = inputs.flatten(1)  # NCHW order, the order of the weight's columns (a copy of CL input)
+    return F.conv2d(flat.view(1, rows, 1, flat.shape[1]), grad.t().contiguous().view(out, rows, 1, 1)).view(out, -1)
+
+
+class _FcAsConv(torch.autograd.Function):
+    """The FC layer on conv3's [N, C, H, W] output, ``linear(x.flatten(1), weight, bias)``, as a
+    convolution whose kernel (the weight, reshaped to [out, C, H, W], channels-last) covers the
+    whole map; its backward likewise in convolutions. The same maths, summed in another order.
+
+    Why: torch's CPU ``linear``/``mm`` call MKL's sgemm, which on the AMD EPYC hosts ran at
+    about half the speed of oneDNN's convolutions (190 against 360-450 GFLOP/s on 2 cores; MKL
+    takes its AVX2 path on non-Intel CPUs). As convolutions, the FC layer's forward and its
+    two gradients took about half the time (BENCHMARKS.md)."""
+
+    @staticmethod
+    def forward(ctx, inputs, weight, bias, kernel):
+        # The weight is saved only so that changing it before the backward raises, as for linear.
+        ctx.save_for_backward(inputs, weight, kernel)
+        return F.conv2d(inputs, kernel, bias).flatten(1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        inputs, _, kernel = ctx.saved_tensors
+        grad_inputs = _fc_input_grad(grad, inputs, kernel) if ctx.needs_input_grad[0] else None
+        grad_weight = _fc_weight_grad(grad, inputs) if ctx.needs_input_grad[1] else None
+        grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
+        return grad_inputs, grad_weight, grad_bias, None
 
 
 class _TrunkBackward(torch.autograd.Function):
     """Nature CNN's forward replayed from recorded activations: forward returns the recorded
-    features, backward is the trunk's backward, by the aten kernels autograd itself would call
-    for these layers (threshold_backward for ReLU, mm for the FC layer, convolution_backward),
-    so the gradient is the one a fresh forward would give (tests/test_acting_replay.py).
+    features, backward is the trunk's backward, by the kernels autograd itself would call for
+    these layers (threshold_backward for ReLU, :class:`_FcAsConv`'s or mm for the FC layer,
+    convolution_backward), so the gradient is the one a fresh forward would give
+    (tests/test_acting_replay.py).
 
     Why: an on-policy update's forward pass recomputes exactly what acting computed with the
     same weights moments before. Skipping it took an a3c update's learning from ~32 to ~22 ms
     of ~58 on a 2-core CPU (BENCHMARKS.md)."""
 
     @staticmethod
-    def forward(ctx, layers, pixels, conv1, conv2, conv3_flat, features, *params):
+    def forward(ctx, layers, fc_kernel, pixels, conv1, conv2, conv3, features, *params):
         ctx.layers = layers
-        ctx.save_for_backward(pixels, conv1, conv2, conv3_flat, features, *params)
+        ctx.fc_as_conv = fc_kernel is not None
+        ctx.save_for_backward(pixels, conv1, conv2, conv3, features, fc_kernel, *params)
         return features.clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_features):
-        pixels, conv1, conv2, conv3_flat, features, *params = ctx.saved_tensors
+        pixels, conv1, conv2, conv3, features, fc_kernel, *params = ctx.saved_tensors
         c1, c2, c3, _ = ctx.layers
         weights = params[0::2]
         grad = torch.ops.aten.threshold_backward(grad_features, features, 0)
-        grad_fc = (grad.t().mm(conv3_flat), grad.sum(0))
-        grad = torch.ops.aten.threshold_backward(grad.mm(weights[3]), conv3_flat, 0)
-        grad = grad.view(conv2.shape[0], c3.out_channels, *_conv_out_hw(conv2.shape[2:], c3))
+        if ctx.fc_as_conv:
+            grad_fc = (_fc_weight_grad(grad, conv3), grad.sum(0))
+            grad = _fc_input_grad(grad, conv3, fc_kernel)
+        else:
+            grad_fc = (grad.t().mm(conv3.flatten(1)), grad.sum(0))
+            grad = grad.mm(weights[3]).view(conv3.shape)
         grads = [grad_fc]
-        for conv, inp, out, weight in ((c3, conv2, None, weights[2]), (c2, conv1, conv2, weights[1]),
+        for conv, inp, out, weight in ((c3, conv2, conv3, weights[2]), (c2, conv1, conv2, weights[1]),
                                        (c1, pixels, conv1, weights[0])):
-            if out is not None:
-                grad = torch.ops.aten.threshold_backward(grad, out, 0)
+            grad = torch.ops.aten.threshold_backward(grad, out, 0)
             grad, grad_w, grad_b = torch.ops.aten.convolution_backward(
                 grad, inp, weight, [weight.shape[0]], conv.stride, conv.padding, conv.dilation,
                 False, [0, 0], conv.groups, [conv is not c1, True, True])
             grads.append((grad_w, grad_b))
         (gf_w, gf_b), (g3_w, g3_b), (g2_w, g2_b), (g1_w, g1_b) = grads
-        return (None,) * 6 + (g1_w, g1_b, g2_w, g2_b, g3_w, g3_b, gf_w, gf_b)
+        return (None,) * 7 + (g1_w, g1_b, g2_w, g2_b, g3_w, g3_b, gf_w, gf_b)
 
 
 def _conv_out_hw(height_width: Sequence[int], conv: nn.Conv2d) -> tuple[int, int]:
@@ -86,11 +138,10 @@ class NatureCNN(nn.Module):
             _init_linear(nn.Conv2d(in_channels, 32, 8, stride=4), relu_gain), nn.ReLU(),
             _init_linear(nn.Conv2d(32, 64, 4, stride=2), relu_gain), nn.ReLU(),
             _init_linear(nn.Conv2d(64, 64, 3, stride=1), relu_gain), nn.ReLU(),
-            nn.Flatten(),
         )
         with torch.no_grad():
-            flat = self.convs(torch.zeros(1, in_channels, height, width)).shape[1]
-        self.fc = nn.Sequential(_init_linear(nn.Linear(flat, features), relu_gain), nn.ReLU())
+            self._conv3_shape = tuple(self.convs(torch.zeros(1, in_channels, height, width)).shape[1:])
+        self.fc = nn.Sequential(_init_linear(nn.Linear(math.prod(self._conv3_shape), features), relu_gain), nn.ReLU())
         self.features = features
         self._height_width = (height, width)
         # Channels-last is the layout oneDNN (CPU) and cuDNN convolve fastest: a quarter off the
@@ -101,6 +152,7 @@ class NatureCNN(nn.Module):
         # buffers or submodules: never saved to a file or a state dict.
         self._layers = tuple(m for m in self.convs if isinstance(m, nn.Conv2d)) + (self.fc[0],)
         self._bf16_cache: tuple | None = None
+        self._fc_kernel_cache: tuple | None = None
 
     def _pixels(self, obs: Tensor, out: Tensor | None = None) -> Tensor:
         # Pixels arrive as uint8 and are scaled here, so observations move to the device once,
@@ -119,15 +171,40 @@ class NatureCNN(nn.Module):
     def forward(self, obs: Tensor) -> Tensor:
         x = self._pixels(obs)
         if not self.bf16:
-            return self.fc(self.convs(x))
+            return self._fc_relu(self.convs(x))
         if not torch.is_grad_enabled():
             return self._forward_bf16_weights(x)
         # bfloat16 autocast of the convolutions and the FC layer only (the heads, losses, weights
         # and optimizer stay float32): ~1.7x faster forward+backward on CPUs with AMX/AVX512-BF16
         # (BENCHMARKS.md). bfloat16 keeps float32's exponent range, so no loss scaling is needed.
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            features = self.fc(self.convs(x))
+            features = self.fc(self.convs(x).flatten(1))
         return features.float()
+
+    def _fc_relu(self, conv3: Tensor, out: Tensor | None = None) -> Tensor:
+        """ReLU(FC(conv3 flattened in NCHW order, as nn.Flatten does)), into ``out`` if given."""
+        fc = self.fc[0]
+        if _fc_on_onednn(fc.weight):
+            features = _FcAsConv.apply(conv3, fc.weight, fc.bias, self._fc_kernel())
+        else:
+            features = fc(conv3.flatten(1))
+        # F.relu under autograd: its backward (threshold_backward, zero at 0) is the replay's.
+        return F.relu(features) if out is None else torch.clamp_min(features, 0, out=out)
+
+    def _fc_kernel(self) -> Tensor:
+        """The FC weight as a channels-last [out, C, H, W] convolution kernel, made once per
+        weight update (the cache is checked like _bf16_layers's), in the same storage each time:
+        a fresh 6 MB tensor costs the kernel ~1,500 page faults (1.5 ms of 1.8 in a training loop)."""
+        weight = self.fc[0].weight
+        cache = self._fc_kernel_cache
+        if cache is None or cache[0].data_ptr() != weight.data_ptr() or cache[1] != weight._version:
+            source = weight.detach().view(-1, *self._conv3_shape)
+            if cache is not None and cache[2].device == weight.device and cache[2].dtype == weight.dtype:
+                kernel = cache[2].copy_(source)  # a graph still holding it would refuse its backward
+            else:
+                kernel = source.contiguous(memory_format=torch.channels_last)
+            self._fc_kernel_cache = cache = (weight.detach(), weight._version, kernel)
+        return cache[2]
 
     def activation_buffers(self, rows: int, like: Tensor) -> TrunkActivations:
         """Uninitialised storage for ``rows`` rows of activations, in the layouts the forward
@@ -143,7 +220,7 @@ class NatureCNN(nn.Module):
         return TrunkActivations(empty(rows, c1.in_channels, *self._height_width, channels_last=True),
                                 empty(rows, c1.out_channels, *hw1, channels_last=True),
                                 empty(rows, c2.out_channels, *hw2, channels_last=True),
-                                empty(rows, fc.in_features), empty(rows, fc.out_features))
+                                empty(rows, *self._conv3_shape, channels_last=True), empty(rows, fc.out_features))
 
     @torch.no_grad()
     def forward_recorded(self, obs: Tensor, out: TrunkActivations) -> Tensor:
@@ -154,12 +231,11 @@ class NatureCNN(nn.Module):
         fresh tensors kept alive for the update, then concatenated, cost more than the forward."""
         if self.bf16:
             raise ValueError("forward_recorded runs float32/float64 trunks only (bf16 acting uses other weights)")
-        c1, c2, c3, fc = self._layers
+        c1, c2, c3, _ = self._layers
         h1 = torch.clamp_min(c1(self._pixels(obs, out.pixels)), 0, out=out.conv1)
         h2 = torch.clamp_min(c2(h1), 0, out=out.conv2)
-        h3 = F.relu(c3(h2))
-        out.conv3_flat.view(h3.shape).copy_(h3)  # flattened in NCHW order, as nn.Flatten does
-        return torch.clamp_min(fc(out.conv3_flat), 0, out=out.features)
+        h3 = torch.clamp_min(c3(h2), 0, out=out.conv3)
+        return self._fc_relu(h3, out.features)
 
     def replay(self, recorded: TrunkActivations) -> Tensor:
         """The recorded features as a tensor that carries gradient to this trunk's weights:
@@ -167,7 +243,8 @@ class NatureCNN(nn.Module):
         forward's arithmetic skipped. The caller makes sure the weights have not changed since
         recording (see ActorCriticNetwork.forward_replayed)."""
         params = [p for layer in self._layers for p in (layer.weight, layer.bias)]
-        return _TrunkBackward.apply(self._layers, *recorded, *params)
+        fc_kernel = self._fc_kernel() if _fc_on_onednn(self.fc[0].weight) else None
+        return _TrunkBackward.apply(self._layers, fc_kernel, *recorded, *params)
 
     def _forward_bf16_weights(self, x: Tensor) -> Tensor:
         """What the autocast forward computes, bit for bit, with the weights cast once per

@@ -19,6 +19,9 @@ class RMSprop(torch.optim.RMSprop):
 
     def __init__(self, params, lr: float, alpha: float, eps: float):
         super().__init__(params, lr=lr, alpha=alpha, eps=eps)
+        # The denominator's storage, per parameter, reused from step to step: not state (never
+        # saved). A fresh one for the 512x3136 FC layer cost ~1 ms of page faults a step.
+        self._denominators: dict[torch.Tensor, torch.Tensor] = {}
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -35,5 +38,8 @@ class RMSprop(torch.optim.RMSprop):
                 state["step"] += 1
                 square_avg = state["square_avg"]
                 square_avg.mul_(alpha).addcmul_(param.grad, param.grad, value=1 - alpha)
-                avg = square_avg.clamp_min(torch.finfo(square_avg.dtype).tiny).sqrt_().add_(eps)
+                avg = self._denominators.get(param)
+                if avg is None or avg.shape != param.shape or avg.dtype != param.dtype or avg.device != param.device:
+                    avg = self._denominators[param] = torch.empty_like(square_avg)
+                torch.clamp_min(square_avg, torch.finfo(square_avg.dtype).tiny, out=avg).sqrt_().add_(eps)
                 param.addcdiv_(param.grad, avg, value=-lr)
