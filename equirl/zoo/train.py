@@ -25,7 +25,7 @@ from .. import OMP_WAIT_POLICY_APPLIES
 from ..agents import AGENTS, Agent
 from ..agents.networks import default_trunk_spec
 from ..hub import format as fmt
-from . import cpu_threads, presets
+from . import cpu_threads, heap, presets
 from .distributed import DistributedError, Ranks
 from .envs import EnvSpec, make_vector_env, spec_from_id
 from .numerics import subnormals_flushed
@@ -128,6 +128,7 @@ def train(agent_id: str, env_id: str, steps: int, *, seed: int = 0, out: str | P
         warnings.warn("torch was imported before equirl, so OpenMP's idle threads spin on the cores the "
                       "envs need (Atari training ~15% slower on few cores): import equirl first, or set "
                       "OMP_WAIT_POLICY=PASSIVE before starting Python", RuntimeWarning, stacklevel=2)
+    heap.keep_freed_blocks()  # for the rest of the process: see equirl/zoo/heap.py
     ranks.start(torch_device)
     try:
         with subnormals_flushed() as flush:
