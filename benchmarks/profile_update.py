@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from paired_speed import SOFT_Q_SETTINGS  # benchmarks/ is on the path when this script runs
 
-from equirl.zoo import presets
+from equirl.zoo import heap, presets
 from equirl.zoo.envs import make_vector_env, spec_from_id
 from equirl.zoo.replay import ReplayBuffer
 from equirl.zoo.rollout import OnPolicyCollector, ReplayCollector
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="also print torch's operator table")
     parser.add_argument("--bf16", action="store_true", help="the CNN under bfloat16 autocast")
     args = parser.parse_args()
+    heap.keep_freed_blocks()  # as train() does
     spec = spec_from_id(args.env)
     soft_q = args.agent == "soft-q"
     cfg = presets.make_config(args.agent, presets.family_of(spec.kind), bf16=args.bf16,
