@@ -160,3 +160,45 @@ def test_rmsprop_steps_are_torch_rmsprops_bit_for_bit(dtype, eps):
     # The same state layout: a checkpoint written by either loads into the other.
     mine.load_state_dict(reference.state_dict())
     reference.load_state_dict(mine.state_dict())
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e3, float("nan")], ids=["within", "clipped", "nan"])
+@pytest.mark.parametrize("agent_id", ["a3c", "soft-q"])
+def test_gradient_clipping_is_torchs_bit_for_bit(agent_id, scale, monkeypatch):
+    """clip_and_step skips torch's multiplication by 1 on CPU where the norm is within the limit:
+    the step, the norm and the optimizer state stay those of clip_grad_norm_ with the same
+    optimizer (RMSprop, Adam), whether the gradient is within the limit, clipped, or NaN."""
+    import copy
+
+    from equirl.agents import ObsInfo
+    from equirl.agents.networks import default_trunk_spec
+    from equirl.zoo.presets import make_config
+
+    config = make_config(agent_id, "classic")
+    spec = {"trunk": default_trunk_spec((4,), "float32")}
+    agent = AGENTS[agent_id](config, ObsInfo((4,), "float32"), 2, spec, "cpu", 0)
+    reference = copy.deepcopy(agent)
+    obs = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    limit = config.max_grad_norm
+    scalings = []
+    clip = torch.nn.utils.clip_grads_with_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grads_with_norm_", lambda *a: scalings.append(1) or clip(*a))
+
+    def loss(a):
+        out = a.network(obs)
+        return (out[0] if isinstance(out, tuple) else out).sum() * scale
+
+    for step in range(3):
+        norm = agent.clip_and_step(loss(agent), limit)
+        reference.optimizer.zero_grad(set_to_none=True)
+        loss(reference).backward()
+        expected = torch.nn.utils.clip_grad_norm_(reference.network.parameters(), limit)
+        reference.optimizer.step()
+        assert norm == float(expected) or (np.isnan(norm) and np.isnan(float(expected))), step
+        for (name, p), q in zip(agent.network.named_parameters(), reference.network.parameters()):
+            assert torch.equal(p, q) or (p.isnan().all() and q.isnan().all()), (step, name)
+    if scale == 1e-3:
+        assert norm < limit and scalings == []  # within the limit: no pass over the gradients
+    else:
+        assert scale != 1e3 or norm > limit  # the case that clips did clip
+        assert len(scalings) == 3

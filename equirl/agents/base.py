@@ -184,7 +184,15 @@ class Agent:
         loss.backward()
         if self.reduce_gradients is not None:
             self.reduce_gradients(self.network.parameters())
-        norm = nn.utils.clip_grad_norm_(self.network.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
+        params = [p for p in self.network.parameters() if p.grad is not None]
+        limit = max_grad_norm if max_grad_norm > 0 else float("inf")
+        norm = nn.utils.get_total_norm([p.grad for p in params])
+        # clip_grad_norm_ as torch computes it, without its multiplication by 1: torch scales every
+        # gradient by min(limit / (norm + 1e-6), 1) so as not to sync with a GPU; on CPU that check
+        # is free, and the pass it saves where the norm is within the limit is ~0.5 ms of a
+        # soft-q update (a NaN norm still scales, as torch does).
+        if norm.device.type != "cpu" or not bool(limit / (norm + 1e-6) >= 1.0):
+            nn.utils.clip_grads_with_norm_(params, limit, norm)
         self.optimizer.step()
         return float(norm)
 
