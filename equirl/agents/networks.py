@@ -33,8 +33,10 @@ class TrunkActivations(NamedTuple):
 
 def _fc_on_onednn(weight: Tensor) -> bool:
     """Whether the trunk's FC layer runs as a convolution (see :class:`_FcAsConv`): float32 on
-    CPU, where torch convolves through oneDNN. GPUs and float64 keep ``F.linear``."""
-    return weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    CPU, where torch convolves through oneDNN (unless switched off). GPUs and float64 keep
+    ``F.linear``."""
+    return weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available() \
+        and torch.backends.mkldnn.enabled
 
 
 def _fc_input_grad(grad: Tensor, inputs: Tensor, kernel: Tensor) -> Tensor:
@@ -59,9 +61,9 @@ class _FcAsConv(torch.autograd.Function):
     whole map; its backward likewise in convolutions. The same maths, summed in another order.
 
     Why: torch's CPU ``linear``/``mm`` call MKL's sgemm, which on the AMD EPYC hosts ran at
-    about half the speed of oneDNN's convolutions (190 against 360-450 GFLOP/s on 2 cores; MKL
-    takes its AVX2 path on non-Intel CPUs). As convolutions, the FC layer's forward and its
-    two gradients took about half the time (BENCHMARKS.md)."""
+    about half the speed of oneDNN's convolutions (190 against 360-450 GFLOP/s on 2 cores: AVX2
+    speed, not AVX512's). As convolutions, the FC layer's forward and its two gradients took
+    about half the time (BENCHMARKS.md; not measured on an Intel host)."""
 
     @staticmethod
     def forward(ctx, inputs, weight, bias, kernel):

@@ -12,9 +12,9 @@ and 16.7-16.8 ms (BENCHMARKS.md).
 
 :func:`keep_freed_blocks` fixes the two thresholds with ``mallopt``, for the rest of the process
 (glibc has no way back to its adaptive thresholds). It is called by ``train()``. It leaves malloc
-alone where the user chose for it (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
-``GLIBC_TUNABLES``, an ``LD_PRELOAD``-ed allocator such as jemalloc or tcmalloc) and where the C
-library is not glibc.
+alone where the user may have chosen for it (``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``, anything in ``LD_PRELOAD``, where allocators
+such as jemalloc or tcmalloc go) and where the C library is not glibc.
 """
 from __future__ import annotations
 
