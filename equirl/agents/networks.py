@@ -49,7 +49,8 @@ def _fc_input_grad(grad: Tensor, inputs: Tensor, kernel: Tensor) -> Tensor:
 def _fc_weight_grad(grad: Tensor, inputs: Tensor) -> Tensor:
     """Gradient of :class:`_FcAsConv` with respect to the [out, C*H*W] FC weight: ``grad.T @
     inputs.flatten(1)``, computed as a 1x1 convolution of one image whose C*H*W pixels have the
-    N rows as channels, because that runs in oneDNN (1.5-1.8x MKL's mm here, BENCHMARKS.md)."""
+    N rows as channels, because that runs in oneDNN (1.25x MKL's mm at 32 rows here, 1.6x at
+    80: benchmarks/fc_layer.py)."""
     rows, out = grad.shape
     flat = inputs.flatten(1)  # NCHW order, the order of the weight's columns (a copy of CL input)
     return F.conv2d(flat.view(1, rows, 1, flat.shape[1]), grad.t().contiguous().view(out, rows, 1, 1)).view(out, -1)
