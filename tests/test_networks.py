@@ -19,7 +19,7 @@ def _pair(shape):
 
 @pytest.mark.parametrize("shape", [(4, 84, 84), (3, 64, 48), (1, 100, 90)])
 def test_fc_as_a_convolution_gives_linears_outputs_and_gradients(shape):
-    """Other image sizes give other conv3 maps (7x7, 4x2, 9x8): the kernel covers each; the
+    """Other image sizes give other conv3 maps (7x7, 4x2, 9x7): the kernel covers each; the
     weight gradient comes back in the [out, C*H*W] order of nn.Flatten."""
     fast, reference = _pair(shape)
     gen = torch.Generator().manual_seed(1)
