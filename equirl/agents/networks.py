@@ -125,6 +125,18 @@ class _TrunkBackward(torch.autograd.Function):
         return (None,) * 7 + (g1_w, g1_b, g2_w, g2_b, g3_w, g3_b, gf_w, gf_b)
 
 
+def _snapshot(params: Sequence[Tensor]) -> tuple:
+    """What a cache derived from ``params`` was made from (see :func:`_unchanged`)."""
+    return tuple((p.detach(), p._version) for p in params)
+
+
+def _unchanged(snapshot: tuple, params: Sequence[Tensor]) -> bool:
+    """Whether every parameter is still the same storage at the same version: any in-place update
+    (an optimizer step, load_state_dict, a target sync) bumps the version counter. The snapshot
+    holds the source tensors, so their memory cannot be reused by new ones."""
+    return all(src.data_ptr() == p.data_ptr() and version == p._version for (src, version), p in zip(snapshot, params))
+
+
 def _conv_out_hw(height_width: Sequence[int], conv: nn.Conv2d) -> tuple[int, int]:
     return tuple((size + 2 * pad - dil * (k - 1) - 1) // stride + 1 for size, pad, dil, k, stride in
                  zip(height_width, conv.padding, conv.dilation, conv.kernel_size, conv.stride))
@@ -196,18 +208,18 @@ class NatureCNN(nn.Module):
 
     def _fc_kernel(self) -> Tensor:
         """The FC weight as a channels-last [out, C, H, W] convolution kernel, made once per
-        weight update (the cache is checked like _bf16_layers's), in the same storage each time:
-        a fresh 6 MB tensor costs the kernel ~1,500 page faults (1.5 ms of 1.8 in a training loop)."""
+        weight update, in the same storage each time: a fresh 6 MB tensor costs the kernel ~1,500
+        page faults (1.5 ms of 1.8 in a training loop)."""
         weight = self.fc[0].weight
         cache = self._fc_kernel_cache
-        if cache is None or cache[0].data_ptr() != weight.data_ptr() or cache[1] != weight._version:
+        if cache is None or not _unchanged(cache[0], [weight]):
             source = weight.detach().view(-1, *self._conv3_shape)
-            if cache is not None and cache[2].device == weight.device and cache[2].dtype == weight.dtype:
-                kernel = cache[2].copy_(source)  # a graph still holding it would refuse its backward
+            if cache is not None and cache[1].device == weight.device and cache[1].dtype == weight.dtype:
+                kernel = cache[1].copy_(source)  # a graph still holding it would refuse its backward
             else:
                 kernel = source.contiguous(memory_format=torch.channels_last)
-            self._fc_kernel_cache = cache = (weight.detach(), weight._version, kernel)
-        return cache[2]
+            self._fc_kernel_cache = cache = (_snapshot([weight]), kernel)
+        return cache[1]
 
     def activation_buffers(self, rows: int, like: Tensor) -> TrunkActivations:
         """Uninitialised storage for ``rows`` rows of activations, in the layouts the forward
@@ -260,16 +272,11 @@ class NatureCNN(nn.Module):
         return F.relu(F.linear(x.flatten(1), *fc)).float()
 
     def _bf16_layers(self) -> list[tuple[Tensor, Tensor]]:
-        # Valid while every parameter is the same storage at the same version: any in-place
-        # update (an optimizer step, load_state_dict, a target sync) bumps the version counter.
-        # The cache holds the source tensors, so their memory cannot be reused by new ones.
         params = [p for layer in self._layers for p in (layer.weight, layer.bias)]
         cache = self._bf16_cache
-        if cache is None or any(src.data_ptr() != p.data_ptr() or version != p._version
-                                for (src, version), p in zip(cache[0], params)):
-            sources = [(p.detach(), p._version) for p in params]
+        if cache is None or not _unchanged(cache[0], params):
             cast = [p.detach().to(torch.bfloat16) for p in params]
-            self._bf16_cache = cache = (sources, list(zip(cast[::2], cast[1::2])))
+            self._bf16_cache = cache = (_snapshot(params), list(zip(cast[::2], cast[1::2])))
         return cache[1]
 
 
