@@ -85,6 +85,47 @@ def test_resume_from_checkpoint_restores_everything(tmp_path):
     assert torch.equal(result.agent.generator.get_state(), fresh.generator.get_state())
 
 
+@pytest.mark.parametrize("agent_id", ["a3c", "entropy-pg", "soft-q"])  # RMSprop, fused Adam x2
+def test_a_resumed_cnn_agent_steps_as_the_uninterrupted_one(tmp_path, agent_id):
+    """The Nature CNN's conv weights are channels-last, checkpoint files hold contiguous tensors,
+    and torch's fused Adam on CPU walks a parameter and its state as flat memory: a moment loaded
+    in the file's layout would be applied to the wrong weights. After a checkpoint round trip the
+    next update must be the uninterrupted run's, bit for bit."""
+    from equirl.agents import ObsInfo, ReplaySample, Rollout
+    from equirl.agents.networks import default_trunk_spec
+    from equirl.zoo.presets import make_config
+
+    config = make_config(agent_id, "atari")
+    spec = {"trunk": default_trunk_spec((4, 84, 84), "uint8")}
+    build = lambda seed: AGENTS[agent_id](config, ObsInfo((4, 84, 84), "uint8"), 6, spec, "cpu", seed)
+    gen = torch.Generator().manual_seed(7)
+    pixels = lambda *shape: torch.randint(0, 256, shape + (4, 84, 84), dtype=torch.uint8, generator=gen)
+
+    def batch():
+        if agent_id == "soft-q":
+            n = config.n_steps
+            return ReplaySample(pixels(8), torch.randint(0, 6, (8,), generator=gen), torch.randn(n, 8, generator=gen),
+                                torch.zeros(n, 8), torch.zeros(n, 8, dtype=torch.bool),
+                                torch.zeros(n, 8, dtype=torch.bool), pixels(8))
+        t, b = config.n_steps, 2
+        return Rollout(pixels(t, b), torch.randint(0, 6, (t, b), generator=gen), torch.randn(t, b, generator=gen),
+                       torch.zeros(t, b, dtype=torch.bool), torch.zeros(t, b, dtype=torch.bool),
+                       pixels(b), pixels(0), torch.zeros(0, 2, dtype=torch.long))
+
+    batches = [batch() for _ in range(3)]
+    whole = build(0)
+    for b in batches[:2]:
+        whole.learn(b)
+    fmt.save_checkpoint(tmp_path, whole, {"steps": 0})
+    resumed = build(1)
+    fmt.load_checkpoint(tmp_path, resumed)
+    whole.learn(batches[2])
+    resumed.learn(batches[2])
+    expected, got = whole.weights(), resumed.weights()
+    assert all(torch.equal(expected[name], got[name]) for name in expected), \
+        [name for name in expected if not torch.equal(expected[name], got[name])]
+
+
 def test_nothing_is_pickled(monkeypatch, tmp_path):
     """Training, checkpointing and reloading never touch pickle."""
     def forbidden(*args, **kwargs):

@@ -111,6 +111,22 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], info: dict) -> dict:
     return {"state": state, "param_groups": info["param_groups"]}
 
 
+def _state_in_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each optimizer state tensor shaped like its parameter that parameter's memory layout.
+
+    Why: files hold contiguous tensors (safetensors has no strides), the Nature CNN's conv weights
+    are channels-last, and torch's fused Adam on CPU walks a parameter and its moments as flat
+    memory, so a moment loaded in the file's layout is applied to the wrong weights (after a
+    resume the conv weights took wrong steps: tests/test_agents.py). Elementwise optimizers
+    (RMSprop here) are unaffected, and the values are unchanged either way."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for name, value in state.items():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                    state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def save_checkpoint(run_dir: Path, agent, trainer_state: dict, trainer_tensors: dict | None = None) -> None:
     """Write everything needed to resume: weights, extra agent state, optimizer, RNG states, and
     what the training loop adds (env states, the replay buffer: ``trainer_tensors``).
@@ -146,6 +162,7 @@ def load_checkpoint_bytes(data: bytes, agent) -> dict:
     agent.load_weights({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     agent.load_extra_state({k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")})
     agent.optimizer.load_state_dict(optimizer_from_flat(tensors, info["optimizer"]))
+    _state_in_parameter_layout(agent.optimizer)
     agent.generator.set_state(tensors["rng.agent"].cpu())
     torch.set_rng_state(tensors["rng.torch"].cpu())
     agent.set_progress(info["progress"])
