@@ -44,9 +44,7 @@ def layerwise_forward(trunk, in_bf16: set):
 
     def forward(obs):
         x = obs.contiguous(memory_format=torch.channels_last).float() / 255.0
-        for name, layer in zip(LAYERS, convs + [trunk.fc[0]]):
-            if name == "fc":
-                x = x.flatten(1)
+        for name, layer in zip(LAYERS, convs + [trunk.fc[0]]):  # fc: FcOverMap, on conv3's map
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name in in_bf16):
                 x = F.relu(layer(x if name in in_bf16 else x.float()))
         return x.float()

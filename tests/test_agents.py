@@ -85,12 +85,14 @@ def test_resume_from_checkpoint_restores_everything(tmp_path):
     assert torch.equal(result.agent.generator.get_state(), fresh.generator.get_state())
 
 
+@pytest.mark.parametrize("fc_state", ["kernel", "linear"])
 @pytest.mark.parametrize("agent_id", ["a3c", "entropy-pg", "soft-q"])  # RMSprop, fused Adam x2
-def test_a_resumed_cnn_agent_steps_as_the_uninterrupted_one(tmp_path, agent_id):
+def test_a_resumed_cnn_agent_steps_as_the_uninterrupted_one(tmp_path, agent_id, fc_state):
     """The Nature CNN's conv weights are channels-last, checkpoint files hold contiguous tensors,
     and torch's fused Adam on CPU walks a parameter and its state as flat memory: a moment loaded
     in the file's layout would be applied to the wrong weights. After a checkpoint round trip the
-    next update must be the uninterrupted run's, bit for bit."""
+    next update must be the uninterrupted run's, bit for bit. ``linear``: the FC layer's optimizer
+    state as checkpoints held it before the weight was held as a kernel ([512, 3136])."""
     from equirl.agents import ObsInfo, ReplaySample, Rollout
     from equirl.agents.networks import default_trunk_spec
     from equirl.zoo.presets import make_config
@@ -117,6 +119,17 @@ def test_a_resumed_cnn_agent_steps_as_the_uninterrupted_one(tmp_path, agent_id):
     for b in batches[:2]:
         whole.learn(b)
     fmt.save_checkpoint(tmp_path, whole, {"steps": 0})
+    if fc_state == "linear":
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
+
+        path = tmp_path / fmt.CHECKPOINT_TENSORS
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata()
+        tensors = load_file(str(path))
+        old = {k: v.reshape(512, 3136) for k, v in tensors.items() if k.startswith("optim.") and v.shape == (512, 64, 7, 7)}
+        assert len(old) == (1 if agent_id == "a3c" else 2) * (2 if agent_id == "entropy-pg" else 1)
+        save_file({**tensors, **old}, str(path), metadata=metadata)
     resumed = build(1)
     fmt.load_checkpoint(tmp_path, resumed)
     whole.learn(batches[2])

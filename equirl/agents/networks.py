@@ -33,10 +33,21 @@ class TrunkActivations(NamedTuple):
 
 def _fc_on_onednn(weight: Tensor) -> bool:
     """Whether the trunk's FC layer runs as a convolution (see :class:`_FcAsConv`): float32 on
-    CPU, where torch convolves through oneDNN (unless switched off). GPUs and float64 keep
-    ``F.linear``."""
+    CPU, where torch convolves through oneDNN (unless switched off), outside autocast. GPUs,
+    float64 and bf16 autocast keep ``F.linear``."""
     return weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available() \
-        and torch.backends.mkldnn.enabled
+        and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu")
+
+
+def _hwc(maps: Tensor) -> Tensor:
+    """[N, C, H, W] as N rows in channels-last order (h, w, c): a view of a channels-last tensor."""
+    return maps.permute(0, 2, 3, 1).flatten(1)
+
+
+def _from_hwc(rows: Tensor, chw: Sequence[int]) -> Tensor:
+    """The inverse of :func:`_hwc`: N rows in (h, w, c) order as an [N, C, H, W] channels-last view."""
+    channels, height, width = chw
+    return rows.view(rows.shape[0], height, width, channels).permute(0, 3, 1, 2)
 
 
 def _fc_input_grad(grad: Tensor, inputs: Tensor, kernel: Tensor) -> Tensor:
@@ -47,19 +58,21 @@ def _fc_input_grad(grad: Tensor, inputs: Tensor, kernel: Tensor) -> Tensor:
 
 
 def _fc_weight_grad(grad: Tensor, inputs: Tensor) -> Tensor:
-    """Gradient of :class:`_FcAsConv` with respect to the [out, C*H*W] FC weight: ``grad.T @
-    inputs.flatten(1)``, computed as a 1x1 convolution of one image whose C*H*W pixels have the
-    N rows as channels, because that runs in oneDNN (1.25x MKL's mm at 32 rows here, 1.6x at
-    80: benchmarks/fc_layer.py)."""
+    """Gradient of :class:`_FcAsConv` with respect to its [out, C, H, W] kernel (channels-last, as
+    the weight is held): ``grad.T @ rows`` with the input's rows in (h, w, c) order, computed as a
+    1x1 convolution of one image whose H*W*C pixels have the N rows as channels, because that runs
+    in oneDNN (1.25x MKL's mm at 32 rows here, 1.6x at 80: benchmarks/fc_layer.py)."""
     rows, out = grad.shape
-    flat = inputs.flatten(1)  # NCHW order, the order of the weight's columns (a copy of CL input)
-    return F.conv2d(flat.view(1, rows, 1, flat.shape[1]), grad.t().contiguous().view(out, rows, 1, 1)).view(out, -1)
+    flat = _hwc(inputs)  # a view: conv3's output is channels-last
+    kernel_rows = F.conv2d(flat.view(1, rows, 1, flat.shape[1]), grad.t().contiguous().view(out, rows, 1, 1))
+    return _from_hwc(kernel_rows.view(out, -1), inputs.shape[1:])
 
 
 class _FcAsConv(torch.autograd.Function):
-    """The FC layer on conv3's [N, C, H, W] output, ``linear(x.flatten(1), weight, bias)``, as a
-    convolution whose kernel (the weight, reshaped to [out, C, H, W], channels-last) covers the
-    whole map; its backward likewise in convolutions. The same maths, summed in another order.
+    """The FC layer on conv3's [N, C, H, W] output as a convolution whose kernel (the weight, held
+    as [out, C, H, W] channels-last: :class:`FcOverMap`) covers the whole map; its backward
+    likewise in convolutions. The same maths as ``linear(x.flatten(1), weight.flatten(1))``,
+    summed in another order.
 
     Why: torch's CPU ``linear``/``mm`` call MKL's sgemm, which on the AMD EPYC hosts ran at
     about half the speed of oneDNN's convolutions (190 against 360-450 GFLOP/s on 2 cores: AVX2
@@ -67,19 +80,61 @@ class _FcAsConv(torch.autograd.Function):
     about half the time (BENCHMARKS.md; not measured on an Intel host)."""
 
     @staticmethod
-    def forward(ctx, inputs, weight, bias, kernel):
-        # The weight is saved only so that changing it before the backward raises, as for linear.
-        ctx.save_for_backward(inputs, weight, kernel)
-        return F.conv2d(inputs, kernel, bias).flatten(1)
+    def forward(ctx, inputs, weight, bias):
+        # Saved, so a backward after the weight changed in place raises, as it does for linear.
+        ctx.save_for_backward(inputs, weight)
+        return F.conv2d(inputs, weight, bias).flatten(1)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        inputs, _, kernel = ctx.saved_tensors
-        grad_inputs = _fc_input_grad(grad, inputs, kernel) if ctx.needs_input_grad[0] else None
+        inputs, weight = ctx.saved_tensors
+        grad_inputs = _fc_input_grad(grad, inputs, weight) if ctx.needs_input_grad[0] else None
         grad_weight = _fc_weight_grad(grad, inputs) if ctx.needs_input_grad[1] else None
         grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
-        return grad_inputs, grad_weight, grad_bias, None
+        return grad_inputs, grad_weight, grad_bias
+
+
+class FcOverMap(nn.Module):
+    """The Nature CNN's FC layer over conv3's [N, C, H, W] map: what ``nn.Flatten`` then
+    ``nn.Linear`` compute, with the weight held as a channels-last [out, C, H, W] kernel.
+
+    State dicts, and so files, hold the weight as nn.Linear's [out, C*H*W] in nn.Flatten's column
+    order: checkpoints are those of Flatten + Linear, before and after this layout. Why it is held
+    so: on CPU in float32 the layer runs as a convolution (:class:`_FcAsConv`) whose kernel is
+    this very tensor; a kernel copied from a Linear weight after each update cost 0.8 ms of a
+    ~15 ms soft-q update (BENCHMARKS.md). Elsewhere (GPUs, float64, bf16 autocast) it runs
+    ``linear`` on the rows of map and weight in (h, w, c) order, views of both."""
+
+    def __init__(self, map_shape: Sequence[int], out_features: int, gain: float):
+        super().__init__()
+        linear = _init_linear(nn.Linear(math.prod(map_shape), out_features), gain)  # nn.Linear's init
+        self.in_features, self.out_features = linear.in_features, out_features
+        self.weight = nn.Parameter(linear.weight.detach().view(out_features, *map_shape)
+                                   .contiguous(memory_format=torch.channels_last))
+        self.bias = linear.bias
+        self.register_state_dict_post_hook(_fc_weight_as_linear)
+        self.register_load_state_dict_pre_hook(_fc_weight_as_kernel)
+
+    def forward(self, maps: Tensor) -> Tensor:
+        if _fc_on_onednn(self.weight):
+            return _FcAsConv.apply(maps, self.weight, self.bias)
+        return F.linear(_hwc(maps), _hwc(self.weight), self.bias)
+
+
+def _fc_weight_as_linear(module: FcOverMap, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    key = prefix + "weight"
+    state_dict[key] = state_dict[key].reshape(module.out_features, module.in_features)
+
+
+def _fc_weight_as_kernel(module: FcOverMap, state_dict: dict, prefix: str, *args) -> None:
+    # An [out, C*H*W] weight (nn.Flatten's column order) viewed as the [out, C, H, W] kernel;
+    # load_state_dict then copies it into the channels-last parameter. Other shapes are left for
+    # load_state_dict to report.
+    key = prefix + "weight"
+    value = state_dict.get(key)
+    if isinstance(value, Tensor) and tuple(value.shape) == (module.out_features, module.in_features):
+        state_dict[key] = value.reshape(module.weight.shape)
 
 
 class _TrunkBackward(torch.autograd.Function):
@@ -94,25 +149,25 @@ class _TrunkBackward(torch.autograd.Function):
     of ~58 on a 2-core CPU (BENCHMARKS.md)."""
 
     @staticmethod
-    def forward(ctx, layers, fc_kernel, pixels, conv1, conv2, conv3, features, *params):
+    def forward(ctx, layers, pixels, conv1, conv2, conv3, features, *params):
         ctx.layers = layers
-        ctx.fc_as_conv = fc_kernel is not None
-        ctx.save_for_backward(pixels, conv1, conv2, conv3, features, fc_kernel, *params)
+        ctx.fc_as_conv = _fc_on_onednn(params[6])
+        ctx.save_for_backward(pixels, conv1, conv2, conv3, features, *params)
         return features.clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_features):
-        pixels, conv1, conv2, conv3, features, fc_kernel, *params = ctx.saved_tensors
+        pixels, conv1, conv2, conv3, features, *params = ctx.saved_tensors
         c1, c2, c3, _ = ctx.layers
         weights = params[0::2]
         grad = torch.ops.aten.threshold_backward(grad_features, features, 0)
         if ctx.fc_as_conv:
             grad_fc = (_fc_weight_grad(grad, conv3), grad.sum(0))
-            grad = _fc_input_grad(grad, conv3, fc_kernel)
-        else:
-            grad_fc = (grad.t().mm(conv3.flatten(1)), grad.sum(0))
-            grad = grad.mm(weights[3]).view(conv3.shape)
+            grad = _fc_input_grad(grad, conv3, weights[3])
+        else:  # what F.linear's backward computes on FcOverMap's (h, w, c) rows
+            grad_fc = (_from_hwc(grad.t().mm(_hwc(conv3)), conv3.shape[1:]), grad.sum(0))
+            grad = _from_hwc(grad.mm(_hwc(weights[3])), conv3.shape[1:])
         grads = [grad_fc]
         for conv, inp, out, weight in ((c3, conv2, conv3, weights[2]), (c2, conv1, conv2, weights[1]),
                                        (c1, pixels, conv1, weights[0])):
@@ -122,7 +177,7 @@ class _TrunkBackward(torch.autograd.Function):
                 False, [0, 0], conv.groups, [conv is not c1, True, True])
             grads.append((grad_w, grad_b))
         (gf_w, gf_b), (g3_w, g3_b), (g2_w, g2_b), (g1_w, g1_b) = grads
-        return (None,) * 7 + (g1_w, g1_b, g2_w, g2_b, g3_w, g3_b, gf_w, gf_b)
+        return (None,) * 6 + (g1_w, g1_b, g2_w, g2_b, g3_w, g3_b, gf_w, gf_b)
 
 
 def _snapshot(params: Sequence[Tensor]) -> tuple:
@@ -156,18 +211,18 @@ class NatureCNN(nn.Module):
         )
         with torch.no_grad():
             self._conv3_shape = tuple(self.convs(torch.zeros(1, in_channels, height, width)).shape[1:])
-        self.fc = nn.Sequential(_init_linear(nn.Linear(math.prod(self._conv3_shape), features), relu_gain), nn.ReLU())
+        self.fc = nn.Sequential(FcOverMap(self._conv3_shape, features, relu_gain), nn.ReLU())
         self.features = features
         self._height_width = (height, width)
         # Channels-last is the layout oneDNN (CPU) and cuDNN convolve fastest: a quarter off the
         # forward+backward of a CPU update (BENCHMARKS.md). The same maths; files store plain
-        # contiguous tensors (hub/format.py), so weights load into either layout.
+        # contiguous tensors (hub/format.py), so weights load into either layout. (FcOverMap
+        # holds its weight channels-last already.)
         self.convs.to(memory_format=torch.channels_last)
         # bf16 weights for gradient-free forwards (see _bf16_layers). Plain attributes, not
         # buffers or submodules: never saved to a file or a state dict.
         self._layers = tuple(m for m in self.convs if isinstance(m, nn.Conv2d)) + (self.fc[0],)
         self._bf16_cache: tuple | None = None
-        self._fc_kernel_cache: tuple | None = None
 
     def _pixels(self, obs: Tensor, out: Tensor | None = None) -> Tensor:
         # Pixels arrive as uint8 and are scaled here, so observations move to the device once,
@@ -193,33 +248,14 @@ class NatureCNN(nn.Module):
         # and optimizer stay float32): ~1.7x faster forward+backward on CPUs with AMX/AVX512-BF16
         # (BENCHMARKS.md). bfloat16 keeps float32's exponent range, so no loss scaling is needed.
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            features = self.fc(self.convs(x).flatten(1))
+            features = self.fc(self.convs(x))
         return features.float()
 
     def _fc_relu(self, conv3: Tensor, out: Tensor | None = None) -> Tensor:
-        """ReLU(FC(conv3 flattened in NCHW order, as nn.Flatten does)), into ``out`` if given."""
-        fc = self.fc[0]
-        if _fc_on_onednn(fc.weight):
-            features = _FcAsConv.apply(conv3, fc.weight, fc.bias, self._fc_kernel())
-        else:
-            features = fc(conv3.flatten(1))
+        """ReLU(FC(conv3)), into ``out`` if given."""
+        features = self.fc[0](conv3)
         # F.relu under autograd: its backward (threshold_backward, zero at 0) is the replay's.
         return F.relu(features) if out is None else torch.clamp_min(features, 0, out=out)
-
-    def _fc_kernel(self) -> Tensor:
-        """The FC weight as a channels-last [out, C, H, W] convolution kernel, made once per
-        weight update, in the same storage each time: a fresh 6 MB tensor costs the kernel ~1,500
-        page faults (1.5 ms of 1.8 in a training loop)."""
-        weight = self.fc[0].weight
-        cache = self._fc_kernel_cache
-        if cache is None or not _unchanged(cache[0], [weight]):
-            source = weight.detach().view(-1, *self._conv3_shape)
-            if cache is not None and cache[1].device == weight.device and cache[1].dtype == weight.dtype:
-                kernel = cache[1].copy_(source)  # a graph still holding it would refuse its backward
-            else:
-                kernel = source.contiguous(memory_format=torch.channels_last)
-            self._fc_kernel_cache = cache = (_snapshot([weight]), kernel)
-        return cache[1]
 
     def activation_buffers(self, rows: int, like: Tensor) -> TrunkActivations:
         """Uninitialised storage for ``rows`` rows of activations, in the layouts the forward
@@ -258,8 +294,7 @@ class NatureCNN(nn.Module):
         forward's arithmetic skipped. The caller makes sure the weights have not changed since
         recording (see ActorCriticNetwork.forward_replayed)."""
         params = [p for layer in self._layers for p in (layer.weight, layer.bias)]
-        fc_kernel = self._fc_kernel() if _fc_on_onednn(self.fc[0].weight) else None
-        return _TrunkBackward.apply(self._layers, fc_kernel, *recorded, *params)
+        return _TrunkBackward.apply(self._layers, *recorded, *params)
 
     def _forward_bf16_weights(self, x: Tensor) -> Tensor:
         """What the autocast forward computes, bit for bit, with the weights cast once per
@@ -269,7 +304,8 @@ class NatureCNN(nn.Module):
         *convs, fc = self._bf16_layers()
         for (weight, bias), conv in zip(convs, self._layers):
             x = F.relu(F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation))
-        return F.relu(F.linear(x.flatten(1), *fc)).float()
+        weight, bias = fc  # FcOverMap's, channels-last: linear on (h, w, c) rows as it runs it
+        return F.relu(F.linear(_hwc(x), _hwc(weight), bias)).float()
 
     def _bf16_layers(self) -> list[tuple[Tensor, Tensor]]:
         params = [p for layer in self._layers for p in (layer.weight, layer.bias)]

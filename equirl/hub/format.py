@@ -118,13 +118,21 @@ def _state_in_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
     are channels-last, and torch's fused Adam on CPU walks a parameter and its moments as flat
     memory, so a moment loaded in the file's layout is applied to the wrong weights (after a
     resume the conv weights took wrong steps: tests/test_agents.py). Elementwise optimizers
-    (RMSprop here) are unaffected, and the values are unchanged either way."""
+    (RMSprop here) are unaffected, and the values are unchanged either way.
+
+    Checkpoints written before the FC weight was held as an [out, C, H, W] kernel
+    (networks.FcOverMap) hold its state as [out, C*H*W], in the same element order: reshaped."""
     for group in optimizer.param_groups:
         for param in group["params"]:
             state = optimizer.state.get(param, {})
             for name, value in state.items():
-                if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
-                    state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+                if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                    continue
+                if param.dim() > 2 and tuple(value.shape) == (param.shape[0], param[0].numel()):
+                    value = value.reshape(param.shape)
+                if value.shape == param.shape and value.stride() != param.stride():
+                    value = torch.empty_like(param, dtype=value.dtype).copy_(value)
+                state[name] = value
 
 
 def save_checkpoint(run_dir: Path, agent, trainer_state: dict, trainer_tensors: dict | None = None) -> None:
