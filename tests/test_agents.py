@@ -216,6 +216,45 @@ def test_rmsprop_steps_are_torch_rmsprops_bit_for_bit(dtype, eps):
     reference.load_state_dict(mine.state_dict())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adam_steps_are_torchs_fused_adams_bit_for_bit_without_copying_gradients(dtype):
+    """equirl's Adam hands torch's fused kernel flat views of channels-last tensors: the same
+    steps as torch.optim.Adam(fused=True), no copy of a gradient, and moments loaded in another
+    layout (files hold contiguous tensors) are put back in their parameter's."""
+    from torch.profiler import profile
+
+    from equirl.agents.optim import Adam
+
+    gen = torch.Generator().manual_seed(0)
+    starts = [torch.randn(32, 16, 4, 4, generator=gen, dtype=dtype).contiguous(memory_format=torch.channels_last),
+              torch.randn(48, 20, generator=gen, dtype=dtype), torch.randn(48, generator=gen, dtype=dtype)]
+    ours = [s.clone(memory_format=torch.preserve_format).requires_grad_() for s in starts]
+    theirs = [s.clone(memory_format=torch.preserve_format).requires_grad_() for s in starts]
+    mine, reference = Adam(ours, lr=1e-3, eps=1.5e-4), torch.optim.Adam(theirs, lr=1e-3, eps=1.5e-4, fused=True)
+    for step in range(40):
+        grads = [torch.randn(s.shape, generator=gen, dtype=dtype).contiguous(memory_format=torch.preserve_format)
+                 for s in starts]
+        grads[0] = grads[0].contiguous(memory_format=torch.channels_last)
+        for p, q, g in zip(ours, theirs, grads):
+            p.grad, q.grad = g.clone(memory_format=torch.preserve_format), g.clone(memory_format=torch.preserve_format)
+        if step == 10:
+            with profile(record_shapes=True) as prof:
+                mine.step()
+            copies = [e.input_shapes[0] for e in prof.events() if e.name == "aten::copy_" and e.input_shapes[0]]
+            assert not copies, f"tensors were copied: {copies}"  # (0-d copies: torch's scalar handling)
+        else:
+            mine.step()
+        reference.step()
+        assert all(torch.equal(p, q) for p, q in zip(ours, theirs)), step
+        if step == 20:  # a checkpoint round trip, moments as a file holds them (contiguous)
+            state = mine.state_dict()
+            state["state"] = {i: {k: v.contiguous().clone() for k, v in entry.items()} for i, entry in state["state"].items()}
+            mine.load_state_dict(state)
+    assert torch.equal(mine.state[ours[0]]["exp_avg_sq"], reference.state[theirs[0]]["exp_avg_sq"])
+    assert mine.state[ours[0]]["exp_avg"].is_contiguous(memory_format=torch.channels_last)
+    reference.load_state_dict(mine.state_dict())  # the same state layout as torch's
+
+
 @pytest.mark.parametrize("scale", [1e-3, 1e3, float("nan")], ids=["within", "clipped", "nan"])
 @pytest.mark.parametrize("agent_id", ["a3c", "soft-q"])
 def test_gradient_clipping_is_torchs_bit_for_bit(agent_id, scale, monkeypatch):

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import optim
+
 
 @dataclass
 class Rollout:
@@ -167,11 +169,12 @@ class Agent:
     def make_adam(self, lr: float, eps: float) -> torch.optim.Adam:
         params = list(self.network.parameters())
         # The fused kernel updates all tensors in one pass: 1.0 ms instead of 7.3 ms a step for the
-        # Nature CNN on CPU (BENCHMARKS.md). Small networks keep torch's per-tensor loop, which the
+        # Nature CNN on CPU (BENCHMARKS.md); optim.Adam runs it without torch's copy of each
+        # channels-last gradient. Small networks keep torch's per-tensor loop, which the
         # fixed-seed classic-control results (learning tests, bundled recipes) were made with: the
         # two round differently.
         big = sum(p.numel() for p in params) > 1_000_000
-        adam = torch.optim.Adam(params, lr=lr, eps=eps, **({"fused": True} if big else {}))
+        adam = optim.Adam(params, lr=lr, eps=eps) if big else torch.optim.Adam(params, lr=lr, eps=eps)
         if big:
             # The fused kernel writes the parameters without bumping their version counters, as
             # every other in-place update does. Bump them, so that what relies on the counters
