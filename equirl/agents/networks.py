@@ -102,8 +102,8 @@ class FcOverMap(nn.Module):
     State dicts, and so files, hold the weight as nn.Linear's [out, C*H*W] in nn.Flatten's column
     order: checkpoints are those of Flatten + Linear, before and after this layout. Why it is held
     so: on CPU in float32 the layer runs as a convolution (:class:`_FcAsConv`) whose kernel is
-    this very tensor; a kernel copied from a Linear weight after each update cost 0.8 ms of a
-    ~15 ms soft-q update (BENCHMARKS.md). Elsewhere (GPUs, float64, bf16 autocast) it runs
+    this very tensor; a kernel copied from a Linear weight after each update cost 0.4 ms of a
+    ~14 ms soft-q update (BENCHMARKS.md). Elsewhere (GPUs, float64, bf16 autocast) it runs
     ``linear`` on the rows of map and weight in (h, w, c) order, views of both."""
 
     def __init__(self, map_shape: Sequence[int], out_features: int, gain: float):
