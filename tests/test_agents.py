@@ -253,6 +253,11 @@ def test_adam_steps_are_torchs_fused_adams_bit_for_bit_without_copying_gradients
     assert torch.equal(mine.state[ours[0]]["exp_avg_sq"], reference.state[theirs[0]]["exp_avg_sq"])
     assert mine.state[ours[0]]["exp_avg"].is_contiguous(memory_format=torch.channels_last)
     reference.load_state_dict(mine.state_dict())  # the same state layout as torch's
+    state = mine.state_dict()
+    state["param_groups"][0]["amsgrad"] = True  # options it does not run are refused, not ignored
+    mine.load_state_dict(state)
+    with pytest.raises(ValueError, match="amsgrad"):
+        mine.step()
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1e3, float("nan")], ids=["within", "clipped", "nan"])

@@ -87,6 +87,8 @@ class Adam(torch.optim.Adam):
                 steps.append(state["step"])
             if not params:
                 continue
+            if group["amsgrad"] or group["maximize"]:  # e.g. from a checkpoint's param_groups
+                raise ValueError("equirl's Adam runs plain Adam: amsgrad and maximize are not supported")
             beta1, beta2 = group["betas"]
             torch._foreach_add_(steps, 1)
             torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=group["lr"], beta1=beta1,
