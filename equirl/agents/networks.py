@@ -153,7 +153,7 @@ class _TrunkBackward(torch.autograd.Function):
         ctx.layers = layers
         ctx.fc_as_conv = _fc_on_onednn(params[6])
         ctx.save_for_backward(pixels, conv1, conv2, conv3, features, *params)
-        return features.clone()
+        return features  # returned as a view of the recorded buffer (autograd does so for an input): no copy
 
     @staticmethod
     @once_differentiable
