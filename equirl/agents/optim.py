@@ -18,7 +18,34 @@ from __future__ import annotations
 import torch
 
 
-class RMSprop(torch.optim.RMSprop):
+class _StateInParameterLayout:
+    """Loading gives each state tensor shaped like its parameter that parameter's memory layout.
+
+    Why: checkpoint files hold contiguous tensors (safetensors has no strides), the Nature CNN's
+    conv and FC weights are channels-last, and torch's fused Adam on CPU walks a parameter and its
+    moments as flat memory, so a moment loaded in the file's layout would be applied to the wrong
+    weights (after a resume the conv weights took wrong steps: tests/test_agents.py). RMSprop's
+    elementwise ops are right either way, but slower on mismatched layouts.
+
+    Checkpoints written before the FC weight was held as an [out, C, H, W] kernel
+    (networks.FcOverMap) hold its state as [out, C*H*W], in the same element order: reshaped."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for param in group["params"]:
+                state = self.state.get(param, {})
+                for name, value in state.items():
+                    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                        continue
+                    if param.dim() > 2 and tuple(value.shape) == (param.shape[0], param[0].numel()):
+                        value = value.reshape(param.shape)
+                    if value.shape == param.shape and value.stride() != param.stride():
+                        value = _like(param, value)
+                    state[name] = value
+
+
+class RMSprop(_StateInParameterLayout, torch.optim.RMSprop):
     """torch's RMSprop in its plain form (no momentum, not centred, no weight decay)."""
 
     def __init__(self, params, lr: float, alpha: float, eps: float):
@@ -49,7 +76,7 @@ class RMSprop(torch.optim.RMSprop):
                 param.addcdiv_(param.grad, avg, value=-lr)
 
 
-class Adam(torch.optim.Adam):
+class Adam(_StateInParameterLayout, torch.optim.Adam):
     """torch's fused Adam (one kernel over all tensors), given every tensor as a flat view of its
     memory, for channels-last weights.
 
@@ -59,7 +86,8 @@ class Adam(torch.optim.Adam):
     weight's (held channels-last: networks.FcOverMap), which torch's optimizer would copy every
     step for nothing (0.4-0.5 ms). Handed flat views of tensors laid out alike, the kernel
     computes the same values, element for element, without the copies (tests/test_agents.py
-    checks it against ``torch.optim.Adam(fused=True)``, bit for bit)."""
+    checks it against ``torch.optim.Adam(fused=True)``, bit for bit). The moments must be laid
+    out like their parameter for that: see :class:`_StateInParameterLayout`."""
 
     def __init__(self, params, lr: float, eps: float):
         super().__init__(params, lr=lr, eps=eps, fused=True)
@@ -76,10 +104,8 @@ class Adam(torch.optim.Adam):
                     state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
                     state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                # (moments have the parameter's layout: made so above, or by load_state_dict)
                 grad = param.grad if param.grad.stride() == param.stride() else _like(param, param.grad)
-                for name in ("exp_avg", "exp_avg_sq"):  # e.g. loaded from a file in another layout
-                    if state[name].stride() != param.stride():
-                        state[name] = _like(param, state[name])
                 params.append(_flat(param))
                 grads.append(_flat(grad))
                 exp_avgs.append(_flat(state["exp_avg"]))

@@ -111,30 +111,6 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], info: dict) -> dict:
     return {"state": state, "param_groups": info["param_groups"]}
 
 
-def _state_in_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
-    """Give each optimizer state tensor shaped like its parameter that parameter's memory layout.
-
-    Why: files hold contiguous tensors (safetensors has no strides), the Nature CNN's conv weights
-    are channels-last, and torch's fused Adam on CPU walks a parameter and its moments as flat
-    memory, so a moment loaded in the file's layout is applied to the wrong weights (after a
-    resume the conv weights took wrong steps: tests/test_agents.py). Elementwise optimizers
-    (RMSprop here) are unaffected, and the values are unchanged either way.
-
-    Checkpoints written before the FC weight was held as an [out, C, H, W] kernel
-    (networks.FcOverMap) hold its state as [out, C*H*W], in the same element order: reshaped."""
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            state = optimizer.state.get(param, {})
-            for name, value in state.items():
-                if not isinstance(value, torch.Tensor) or value.dim() == 0:
-                    continue
-                if param.dim() > 2 and tuple(value.shape) == (param.shape[0], param[0].numel()):
-                    value = value.reshape(param.shape)
-                if value.shape == param.shape and value.stride() != param.stride():
-                    value = torch.empty_like(param, dtype=value.dtype).copy_(value)
-                state[name] = value
-
-
 def save_checkpoint(run_dir: Path, agent, trainer_state: dict, trainer_tensors: dict | None = None) -> None:
     """Write everything needed to resume: weights, extra agent state, optimizer, RNG states, and
     what the training loop adds (env states, the replay buffer: ``trainer_tensors``).
@@ -169,8 +145,8 @@ def load_checkpoint_bytes(data: bytes, agent) -> dict:
     info = json.loads(json.loads(data[8:8 + header_size])["__metadata__"]["state"])
     agent.load_weights({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     agent.load_extra_state({k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")})
+    # (equirl's optimizers put loaded state back in each parameter's layout: agents/optim.py)
     agent.optimizer.load_state_dict(optimizer_from_flat(tensors, info["optimizer"]))
-    _state_in_parameter_layout(agent.optimizer)
     agent.generator.set_state(tensors["rng.agent"].cpu())
     torch.set_rng_state(tensors["rng.torch"].cpu())
     agent.set_progress(info["progress"])
