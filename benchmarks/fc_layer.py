@@ -2,8 +2,8 @@
 convolutions equirl runs it as (equirl/agents/networks.py, _FcAsConv), per call, on this host.
 
 Times the forward, the weight gradient and the input gradient at 4, 16, 32 and 80 rows (soft-q's
-acting and batch, a3c's acting step and update), in alternated rounds; prints the median of the rounds' means and a GEMM's GFLOP/s
-against a convolution's, to tell which path this CPU favours. Run it on a new host before
+acting and batch, a3c's acting step and update), in alternated rounds; prints the median of the
+rounds' means and a GEMM's GFLOP/s against a convolution's, to tell which path this CPU favours. Run it on a new host before
 trusting BENCHMARKS.md's figures there (they come from an AMD EPYC).
 
     .venv/bin/python benchmarks/fc_layer.py [--rounds 5] [--calls 200]

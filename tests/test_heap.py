@@ -11,7 +11,7 @@ import pytest
 
 from equirl.zoo import heap
 
-# An "update" that allocates two 6 MB tensors (the FC layer's weight gradient and kernel) and a
+# An "update" that allocates two 6 MB tensors (the size of the FC layer's weight gradient) and a
 # smaller one, writes and frees them; three warm-ups, then the page faults of 20 more, in a fresh
 # process. With glibc's own thresholds this pattern faulted 66,000 pages in some processes (the
 # freed top of the heap trimmed, then faulted in again) and ~200 in others.

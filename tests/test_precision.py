@@ -87,8 +87,8 @@ def _grad_free_matches_autocast(network: torch.nn.Module, obs: torch.Tensor) -> 
 
 
 def _float32_matches_float64(network: torch.nn.Module, obs: torch.Tensor) -> bool:
-    """A float32 forward (the FC layer as a convolution, its kernel cached) against a float64
-    copy of the network as it is now (plain linear)."""
+    """A float32 forward (on CPU the FC layer as a convolution over the weight it holds) against
+    a float64 copy of the network as it is now (plain linear)."""
     with torch.no_grad():
         got = network(obs)
         want = copy.deepcopy(network).double()(obs)
@@ -103,8 +103,9 @@ def _float32_matches_float64(network: torch.nn.Module, obs: torch.Tensor) -> boo
     ("soft-q", {"target_update_interval": 2}),  # fused Adam, and a target network synced by copy
 ])
 def test_cached_weights_follow_every_weight_update(agent_id, values, bf16):
-    """bf16 keeps bfloat16 copies of the weights, float32 on CPU the FC weight as a convolution
-    kernel: both are made again after every change of the weights they copy."""
+    """bf16 keeps bfloat16 copies of the weights, made again after every change of the weights
+    they copy; float32 runs the FC layer as a convolution over its weight, which every kind of
+    update must move in place (the kernel is the parameter itself)."""
     from equirl.agents import AGENTS, ObsInfo, ReplaySample, Rollout
     from equirl.agents.networks import default_trunk_spec
 

@@ -1,7 +1,7 @@
 """glibc's malloc: keep the few-MB blocks a training update frees, instead of unmapping them.
 
 Every update frees and allocates tensors of the same few sizes: the FC layer's 6 MB weight
-gradient, its kernel, activations, optimizer temporaries. glibc serves a block above its mmap
+gradient, activations, optimizer temporaries. glibc serves a block above its mmap
 threshold (128 KB at first, raised to the size of any mapped block freed since, up to 32 MB) with
 a fresh mapping, whose pages fault in on first write (~0.8 us each here), and returns free memory
 at the top of its heap to the kernel (the trim threshold, twice the mmap threshold). Which of
