@@ -51,8 +51,10 @@ PLAIN_SCRIPT = HERE / "plain_a2c.py"
 # and matched-q's defaults already; entropy-pg's defaults (two CNNs, Adam) would time another model.
 A2C_SETTINGS = {"shared_trunk": True, "optimizer": "rmsprop", "lr": 7e-4}
 # soft-q with the settings of sb3_dqn_reference.py (learning_starts 32: the timed run updates
-# throughout, as SB3's does after its warm-up).
-SOFT_Q_SETTINGS = {"num_envs": 4, "batch_size": 32, "train_freq": 4, "target_update_interval": 2000,
+# throughout, as SB3's does after its warm-up). SB3 counts target_update_interval=2000 in agent
+# steps (it syncs every 2000 // n_envs = 500 vector steps, stable_baselines3/dqn/dqn.py's
+# _on_step); soft-q counts updates, one per vector step here: 500.
+SOFT_Q_SETTINGS = {"num_envs": 4, "batch_size": 32, "train_freq": 4, "target_update_interval": 500,
                    "buffer_size": 100_000, "learning_starts": 32}
 
 

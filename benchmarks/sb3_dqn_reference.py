@@ -2,8 +2,9 @@
 
 The settings of the paired comparison with equirl's soft-q: 4 envs, one gradient step of batch
 32 per vector step (= every 4 agent steps, DQN's replay ratio), Nature CNN, Adam 1e-4, target
-update every 2,000 steps. The warm-up passes learning_starts, so the timed part updates
-throughout. Prints agent steps per second.
+update every 2,000 agent steps (SB3 counts the interval in agent steps: every 500 vector steps of
+4 envs; paired_speed.py gives soft-q the same, 500 updates). The warm-up passes learning_starts,
+so the timed part updates throughout. Prints agent steps per second.
 
     .venv/bin/python benchmarks/sb3_dqn_reference.py --env PongNoFrameskip-v4 --steps 4000
 """

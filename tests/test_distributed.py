@@ -129,3 +129,49 @@ def test_envs_that_do_not_split_are_refused_before_anything_is_written(tmp_path)
     assert done.returncode != 0
     assert "num_envs=15 does not split evenly over 2 processes" in done.stderr
     assert not run.exists()
+
+
+# Each rank sets the same logical gradients times (rank + 1), each in a layout of its own, and
+# checks the all-reduced result against the mean of the two ranks' values, index by index.
+_AVERAGE_SCRIPT = '''
+import os
+import torch
+from equirl.zoo.distributed import Ranks
+ranks = Ranks.from_environment()
+ranks.start(torch.device("cpu"))
+cl = torch.channels_last
+gen = torch.Generator().manual_seed(0)
+shapes = [(8, 4, 3, 3), (8, 4, 3, 3), (6, 5), (6,)]
+params = [torch.zeros(shapes[0]).contiguous(memory_format=cl), torch.zeros(shapes[1]).contiguous(memory_format=cl),
+          torch.zeros(shapes[2]), torch.zeros(shapes[3])]
+logical = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+scale = ranks.rank + 1
+grads = [(g * scale).float() for g in logical]
+# rank 0: each gradient in its parameter's layout; rank 1: the conv gradients in the other
+# layout (contiguous against the channels-last weight) and the matrix's gradient transposed
+if ranks.rank == 0:
+    grads[0] = grads[0].contiguous(memory_format=cl)
+    grads[1] = grads[1].contiguous(memory_format=cl)
+else:
+    grads[2] = grads[2].t().contiguous().t()
+for p, g in zip(params, grads):
+    p.grad = g
+strides = [g.stride() for g in grads]
+ranks.average_gradients(params)
+for i, (p, g) in enumerate(zip(params, logical)):
+    assert p.grad.stride() == strides[i], (i, p.grad.stride(), strides[i])
+    # the float32 sum of the two ranks' gradients (exact in either order), halved (exact)
+    mean = (sum((g * (r + 1)).float() for r in range(ranks.world)) / ranks.world).double()
+    assert torch.equal(p.grad.double(), mean), (ranks.rank, i, float((p.grad.double() - mean).abs().max()))
+os.write(1, f"rank {ranks.rank} ok\\n".encode())  # one write: the ranks share stdout
+ranks.stop()
+'''
+
+
+def test_averaged_gradients_are_the_elementwise_mean_whatever_each_rank_s_layout(tmp_path):
+    script = tmp_path / "average.py"
+    script.write_text(_AVERAGE_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)]
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 ok" in done.stdout and "rank 1 ok" in done.stdout

@@ -88,15 +88,26 @@ class Ranks:
     # ---- collective operations (the same call on every rank, in the same order) ------------
     def average_gradients(self, parameters) -> None:
         """Replace each gradient by its mean over the ranks (one flat all-reduce)."""
-        grads = [p.grad for p in parameters if p.grad is not None]
-        if not grads:
+        params = [p for p in parameters if p.grad is not None]
+        if not params:
             return
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        # Each gradient goes into the flat buffer in its parameter's memory order: the same on
+        # every rank (the same code builds the parameters), whatever layout autograd gave the
+        # gradient on that rank, and for the Nature CNN's channels-last gradients one plain copy
+        # each way, where reshape(-1) copies them twice and the copy back scatters through strides.
+        grads = [p.grad for p in params]
+        flat = torch.cat([_in_memory_order_of(p, g) for p, g in zip(params, grads)])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat /= self.world
         offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        for p, g in zip(params, grads):
+            part = flat[offset:offset + g.numel()]
+            if not _dense(p):
+                g.copy_(part.view_as(g))
+            elif g.stride() == p.stride():
+                _memory_view(g).copy_(part)
+            else:
+                g.copy_(part.as_strided(p.shape, p.stride()))
             offset += g.numel()
 
     def broadcast_bytes(self, data: bytes | None, device: torch.device) -> bytes:
@@ -159,3 +170,23 @@ def parameter_fingerprint(module: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def _dense(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` fills its memory without gaps, contiguous or channels-last."""
+    return tensor.is_contiguous() or (tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last))
+
+
+def _memory_view(tensor: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's memory as a 1-D view, in memory order."""
+    return tensor.detach().as_strided((tensor.numel(),), (1,))
+
+
+def _in_memory_order_of(param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``grad``'s values, 1-D, in the order ``param`` holds its elements in memory (index order
+    where ``param`` is not dense): a view where ``grad`` is laid out as ``param``."""
+    if not _dense(param):
+        return grad.reshape(-1)
+    if grad.stride() != param.stride():
+        grad = torch.empty_like(param, dtype=grad.dtype).copy_(grad)
+    return _memory_view(grad)
