@@ -157,14 +157,19 @@ def main() -> int:
                                  tree=args.base if base else None)
             values.append(sps)
             print(f"round {round_ + 1}: {name:<12} {sps:8.1f} steps/s", flush=True)
+    # Two ratios: of the medians, and the median of each round's ratio to the SB3 run made minutes
+    # before it in the same round, which the host's drift over the invocation moves less.
     passive_column = " ratio to SB3 with PASSIVE |" if args.sb3_passive else ""
-    print(f"\n| system | median steps/s ({args.rounds} runs) | runs | ratio to its SB3 peer |{passive_column}")
-    print("|---|---|---|---|" + ("---|" if args.sb3_passive else ""))
+    print(f"\n| system | median steps/s ({args.rounds} runs) | runs | ratio to its SB3 peer | "
+          f"per-round ratios (median) |{passive_column}")
+    print("|---|---|---|---|---|" + ("---|" if args.sb3_passive else ""))
     for name, values in runs.items():
         peer = "sb3-dqn" if name in off_policy or name in dqn else "sb3-a2c"
         median = statistics.median(values)
+        per_round = [v / p for v, p in zip(values, runs[peer])]
         row = f"| {name} | {median:.1f} | {', '.join(f'{v:.0f}' for v in values)} | " \
-              f"{median / statistics.median(runs[peer]):.2f}x |"
+              f"{median / statistics.median(runs[peer]):.2f}x | " \
+              f"{', '.join(f'{r:.2f}' for r in per_round)} ({statistics.median(per_round):.2f}x) |"
         if args.sb3_passive:
             row += f" {median / statistics.median(runs[peer + '+passive']):.2f}x |"
         print(row)
