@@ -3,10 +3,12 @@
 # issue 6's GPU measurement in one command that fits one call. It installs the wheels that
 # fetch_wheels.sh put in .whl/, prints what the machine is, trains a3c and soft-q briefly on the
 # GPU (so a failure shows in seconds, not after the benchmark's first rounds), times soft-q's
-# update eager and as a CUDA graph (graph_update.py), then runs device_speed.py. Everything also goes to $OUT/device_check.log (when OUT is set), line by
-# line, so a run cut off at its limit still returns what it measured.
+# update eager and as a CUDA graph (graph_update.py), then runs device_speed.py. Everything also
+# goes to $OUT/device_check.log (when OUT is set), line by line, so a run cut off at its limit
+# still returns what it measured.
 #
-#   ROUNDS=3 STEPS=100000 SOFT_Q_STEPS=30000 NUM_ENVS=64 bash benchmarks/device/check.sh
+#   bash benchmarks/device/check.sh     # defaults: ROUNDS=2 STEPS=100000 SOFT_Q_STEPS=20000
+#                                       # NUM_ENVS=64, meant to end inside one 9-minute call
 #   DEVICE=cpu NUM_ENVS=8 ROUNDS=1 STEPS=2000 SOFT_Q_STEPS=1000 ...   (a dry run without a GPU)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,6 +35,6 @@ done
 # soft-q's update eager against one captured CUDA graph (what graphs would give), ~1 minute; a
 # failure here is printed and the main benchmark still runs.
 python3 benchmarks/graph_update.py --device "$device" --updates 200 --rounds 3 || echo "graph_update.py failed (rc $?)"
-python3 benchmarks/device_speed.py --device "$device" --num-envs "${NUM_ENVS:-64}" --rounds "${ROUNDS:-3}" \
-    --steps "${STEPS:-100000}" --soft-q-steps "${SOFT_Q_STEPS:-30000}" \
+python3 benchmarks/device_speed.py --device "$device" --num-envs "${NUM_ENVS:-64}" --rounds "${ROUNDS:-2}" \
+    --steps "${STEPS:-100000}" --soft-q-steps "${SOFT_Q_STEPS:-20000}" \
     --agents ${AGENTS:-a3c a3c+groups1 a3c+bf16 soft-q soft-q+bf16}
