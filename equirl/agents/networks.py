@@ -180,18 +180,6 @@ class _TrunkBackward(torch.autograd.Function):
         return (None,) * 6 + (g1_w, g1_b, g2_w, g2_b, g3_w, g3_b, gf_w, gf_b)
 
 
-def _snapshot(params: Sequence[Tensor]) -> tuple:
-    """What a cache derived from ``params`` was made from (see :func:`_unchanged`)."""
-    return tuple((p.detach(), p._version) for p in params)
-
-
-def _unchanged(snapshot: tuple, params: Sequence[Tensor]) -> bool:
-    """Whether every parameter is still the same storage at the same version: any in-place update
-    (an optimizer step, load_state_dict, a target sync) bumps the version counter. The snapshot
-    holds the source tensors, so their memory cannot be reused by new ones."""
-    return all(src.data_ptr() == p.data_ptr() and version == p._version for (src, version), p in zip(snapshot, params))
-
-
 def _conv_out_hw(height_width: Sequence[int], conv: nn.Conv2d) -> tuple[int, int]:
     return tuple((size + 2 * pad - dil * (k - 1) - 1) // stride + 1 for size, pad, dil, k, stride in
                  zip(height_width, conv.padding, conv.dilation, conv.kernel_size, conv.stride))
@@ -308,11 +296,16 @@ class NatureCNN(nn.Module):
         return F.relu(F.linear(_hwc(x), _hwc(weight), bias)).float()
 
     def _bf16_layers(self) -> list[tuple[Tensor, Tensor]]:
+        # Valid while every parameter is the same storage at the same version: any in-place
+        # update (an optimizer step, load_state_dict, a target sync) bumps the version counter.
+        # The cache holds the source tensors, so their memory cannot be reused by new ones.
         params = [p for layer in self._layers for p in (layer.weight, layer.bias)]
         cache = self._bf16_cache
-        if cache is None or not _unchanged(cache[0], params):
+        if cache is None or any(src.data_ptr() != p.data_ptr() or version != p._version
+                                for (src, version), p in zip(cache[0], params)):
+            sources = [(p.detach(), p._version) for p in params]
             cast = [p.detach().to(torch.bfloat16) for p in params]
-            self._bf16_cache = cache = (_snapshot(params), list(zip(cast[::2], cast[1::2])))
+            self._bf16_cache = cache = (sources, list(zip(cast[::2], cast[1::2])))
         return cache[1]
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from .layouts import laid_out_like, memory_view
+
 
 class _StateInParameterLayout:
     """Loading gives each state tensor shaped like its parameter that parameter's memory layout.
@@ -40,8 +42,8 @@ class _StateInParameterLayout:
                         continue
                     if param.dim() > 2 and tuple(value.shape) == (param.shape[0], param[0].numel()):
                         value = value.reshape(param.shape)
-                    if value.shape == param.shape and value.stride() != param.stride():
-                        value = _like(param, value)
+                    if value.shape == param.shape:
+                        value = laid_out_like(param, value)
                     state[name] = value
 
 
@@ -105,11 +107,10 @@ class Adam(_StateInParameterLayout, torch.optim.Adam):
                     state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 # (moments have the parameter's layout: made so above, or by load_state_dict)
-                grad = param.grad if param.grad.stride() == param.stride() else _like(param, param.grad)
-                params.append(_flat(param))
-                grads.append(_flat(grad))
-                exp_avgs.append(_flat(state["exp_avg"]))
-                exp_avg_sqs.append(_flat(state["exp_avg_sq"]))
+                params.append(memory_view(param))
+                grads.append(memory_view(laid_out_like(param, param.grad)))
+                exp_avgs.append(memory_view(state["exp_avg"]))
+                exp_avg_sqs.append(memory_view(state["exp_avg_sq"]))
                 steps.append(state["step"])
             if not params:
                 continue
@@ -121,14 +122,3 @@ class Adam(_StateInParameterLayout, torch.optim.Adam):
                                beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False,
                                maximize=False)
 
-
-def _like(param: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``values`` in ``param``'s memory layout."""
-    return torch.empty_like(param, dtype=values.dtype).copy_(values)
-
-
-def _flat(tensor: torch.Tensor) -> torch.Tensor:
-    """A 1-D view of a dense tensor's memory, in memory order (channels-last included)."""
-    if not (tensor.is_contiguous() or tensor.is_contiguous(memory_format=torch.channels_last)):
-        raise ValueError(f"Adam here steps contiguous or channels-last tensors, not strides {tensor.stride()}")
-    return tensor.detach().as_strided((tensor.numel(),), (1,))

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..agents.layouts import is_dense, laid_out_like, memory_view
+
 
 class DistributedError(RuntimeError):
     """The ranks disagree (different parameters, a bad split); the message says how."""
@@ -96,18 +98,14 @@ class Ranks:
         # gradient on that rank, and for the Nature CNN's channels-last gradients one plain copy
         # each way, where reshape(-1) copies them twice and the copy back scatters through strides.
         grads = [p.grad for p in params]
-        flat = torch.cat([_in_memory_order_of(p, g) for p, g in zip(params, grads)])
+        flat = torch.cat([memory_view(laid_out_like(p, g)) if is_dense(p) else g.reshape(-1)
+                          for p, g in zip(params, grads)])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat /= self.world
         offset = 0
         for p, g in zip(params, grads):
             part = flat[offset:offset + g.numel()]
-            if not _dense(p):
-                g.copy_(part.view_as(g))
-            elif g.stride() == p.stride():
-                _memory_view(g).copy_(part)
-            else:
-                g.copy_(part.as_strided(p.shape, p.stride()))
+            g.copy_(part.as_strided(p.shape, p.stride()) if is_dense(p) else part.view_as(g))
             offset += g.numel()
 
     def broadcast_bytes(self, data: bytes | None, device: torch.device) -> bytes:
@@ -171,22 +169,3 @@ def parameter_fingerprint(module: torch.nn.Module) -> str:
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
-
-def _dense(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` fills its memory without gaps, contiguous or channels-last."""
-    return tensor.is_contiguous() or (tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last))
-
-
-def _memory_view(tensor: torch.Tensor) -> torch.Tensor:
-    """A dense tensor's memory as a 1-D view, in memory order."""
-    return tensor.detach().as_strided((tensor.numel(),), (1,))
-
-
-def _in_memory_order_of(param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """``grad``'s values, 1-D, in the order ``param`` holds its elements in memory (index order
-    where ``param`` is not dense): a view where ``grad`` is laid out as ``param``."""
-    if not _dense(param):
-        return grad.reshape(-1)
-    if grad.stride() != param.stride():
-        grad = torch.empty_like(param, dtype=grad.dtype).copy_(grad)
-    return _memory_view(grad)
