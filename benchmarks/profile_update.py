@@ -2,8 +2,9 @@
 
 Runs the training loop's own pieces (OnPolicyCollector, agent.learn) on Pong with the agent's
 Atari preset, times 50 updates after 10 warm-up ones, then profiles 5 more with torch's profiler.
-``--agent soft-q`` runs ReplayCollector, ReplayBuffer.sample and learn at DQN's replay ratio (4
-envs, one update of batch 32 per vector step), as paired_speed.py pairs it with SB3's DQN.
+``--agent soft-q`` runs ReplayCollector's pipelined step (ReplayBuffer.sample, and learn while
+the envs step) at DQN's replay ratio (4 envs, one update of batch 32 per vector step), as
+paired_speed.py pairs it with SB3's DQN.
 
     .venv/bin/python benchmarks/profile_update.py --agent a3c [--bf16] [--table]
     .venv/bin/python benchmarks/profile_update.py --agent soft-q --updates 400
@@ -46,11 +47,11 @@ def main() -> None:
     # The collectors act through act_recorded (on-policy: acting's forward pass kept for the
     # update) and act_for_training (soft-q: actions and the behaviour policy's KL).
     act_name = "act_for_training" if soft_q else "act_recorded"
-    step, act = env.step, getattr(agent, act_name)
+    recv, act = env.recv, getattr(agent, act_name)
 
-    def timed_step(actions):
+    def timed_recv(group):
         start = time.perf_counter()
-        out = step(actions)
+        out = recv(group)
         times["env"] += time.perf_counter() - start
         return out
 
@@ -60,7 +61,7 @@ def main() -> None:
         times["act"] += time.perf_counter() - start
         return out
 
-    env.step = timed_step
+    env.recv = timed_recv  # the collectors step the envs with send and recv
     setattr(agent, act_name, timed_act)
     if soft_q:
         collector = ReplayCollector(env, 0)
@@ -69,15 +70,22 @@ def main() -> None:
         for _ in range(cfg.learning_starts // env.num_envs + 10):
             collector.step(agent, replay)
 
-        def iteration() -> None:
-            # One vector step of num_envs agent steps, then one update: train_freq == num_envs.
-            collector.step(agent, replay)
+        def next_batch():
             start = time.perf_counter()
             sample = replay.sample(cfg.batch_size, cfg.n_steps, rng, agent.to_tensor, agent.device)
-            middle = time.perf_counter()
+            times["sample"] += time.perf_counter() - start
+            return sample
+
+        def learn(sample) -> None:
+            start = time.perf_counter()
             agent.learn(sample)
-            times["sample"] += middle - start
-            times["learn"] += time.perf_counter() - middle
+            times["learn"] += time.perf_counter() - start
+
+        def iteration() -> None:
+            # One vector step of num_envs agent steps and one update (train_freq == num_envs), as
+            # train() runs them: the update while the envs step (ReplayCollector.step), so "env"
+            # is only the wait for the emulators after it, and "act" includes the batch's forward.
+            collector.step(agent, replay, next_batch, learn)
 
         transitions = env.num_envs
     else:

@@ -308,3 +308,56 @@ def test_frame_once_on_real_pong_frames():
     assert ends >= 6 and frames.starts.sum() >= 2  # episodes began inside the checked stretches
     assert not frames.start_stacks  # ale-py pads first stacks with zeros
     assert frames.nbytes < whole.nbytes / 3.5
+
+
+# ---- the two halves of add: sampling between them (ReplayCollector's pipelined step) ---------
+
+
+def _same_sample(a: ReplaySample, b: ReplaySample) -> None:
+    for name in ReplaySample.__dataclass_fields__:
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+@pytest.mark.parametrize("n_steps", [1, 3])
+def test_sampling_between_the_halves_of_add_equals_sampling_after_add(n_steps):
+    """The updates due after a step run before its outcome is stored: what they sample must be
+    what they would sample once the whole step is stored, through episode ends, truncations
+    (final observations), non-padded first stacks and wraparound (60 steps into 12 slots)."""
+    rng = np.random.default_rng(5)
+    streams = StackedStreams(2, rng)
+    whole = ReplayBuffer(24, 2, (4, 3, 2), "uint8", frame_stack=True)
+    halves = ReplayBuffer(24, 2, (4, 3, 2), "uint8", frame_stack=True)
+    sampled = 0
+    for step in range(60):
+        obs = streams.stacks.copy()
+        terminated = rng.random(2) < 0.1
+        truncated = (rng.random(2) < 0.1) & ~terminated
+        final = streams.step(terminated, truncated)
+        outcome = (rng.integers(0, 6, 2), rng.normal(size=2).astype(np.float32), terminated, truncated,
+                   rng.random(2).astype(np.float32), final)
+        halves.add_obs(obs)
+        early = halves.can_sample(n_steps) and halves.sample(8, n_steps, np.random.default_rng(step), torch.as_tensor, "cpu")
+        halves.add_outcome(*outcome)
+        whole.add(obs, *outcome)
+        assert halves.can_sample(n_steps) == whole.can_sample(n_steps)
+        if whole.can_sample(n_steps):
+            _same_sample(early, whole.sample(8, n_steps, np.random.default_rng(step), torch.as_tensor, "cpu"))
+            sampled += 1
+    assert sampled >= 50
+    for name, tensor in whole.state_tensors().items():
+        assert torch.equal(tensor, halves.state_tensors()[name]), name
+
+
+def test_the_halves_of_add_come_in_order():
+    buf = ReplayBuffer(24, 2, (4, 3, 2), "uint8", frame_stack=True)
+    outcome = (np.zeros(2, dtype=np.int64), np.zeros(2, np.float32), np.zeros(2, bool), np.zeros(2, bool),
+               np.zeros(2, np.float32), None)
+    with pytest.raises(RuntimeError, match="no observation added"):
+        buf.add_outcome(*outcome)
+    buf.add_obs(np.zeros((2, 4, 3, 2), np.uint8))
+    with pytest.raises(RuntimeError, match="outcome was not added"):
+        buf.add_obs(np.zeros((2, 4, 3, 2), np.uint8))
+    with pytest.raises(RuntimeError, match="outcome is still to be added"):
+        buf.state_tensors()
+    buf.add_outcome(*outcome)
+    assert buf.written == 1 and set(buf.state_tensors()) >= {"replay.obs", "replay.written"}

@@ -353,8 +353,56 @@ class QNetwork(nn.Module):
         self.trunk = make_trunk(trunk, bf16)
         self.q = _init_linear(nn.Linear(self.trunk.features, num_actions), 1.0)
 
+        # Activation storage of the last recorded forward (forward_recorded): a plain attribute,
+        # never saved to a file or a state dict.
+        self._activations: TrunkActivations | None = None
+        self._recordings = 0
+
     def forward(self, obs: Tensor) -> Tensor:
         return self.q(self.trunk(obs))
+
+    # ---- acting and the next update's forward in one pass -------------------------------------
+    @property
+    def recordable(self) -> bool:
+        """Whether a forward can record its trunk activations (float32/float64 Nature CNNs)."""
+        return isinstance(self.trunk, NatureCNN) and not self.trunk.bf16
+
+    @torch.no_grad()
+    def forward_recorded(self, obs: Tensor) -> tuple[Tensor, QRecord | None]:
+        """``forward`` without gradient, keeping the trunk activations that
+        :meth:`forward_replayed` learns from (record None where the trunk cannot record). The
+        storage is reused: a new recording invalidates the previous one."""
+        if not self.recordable:
+            return self(obs), None
+        rows = len(obs)
+        acts = self._activations
+        if acts is None or len(acts.features) != rows or acts.pixels.device != obs.device \
+                or acts.pixels.dtype != self.trunk.fc[0].weight.dtype:
+            self._activations = acts = self.trunk.activation_buffers(rows, obs)
+        self._recordings += 1
+        q = self.q(self.trunk.forward_recorded(obs, acts))
+        return q, QRecord(weight_versions(self), self._recordings)
+
+    def forward_replayed(self, record: QRecord | None, rows: slice) -> Tensor | None:
+        """``forward`` with gradient on ``rows`` of the recorded pass, without running the trunk
+        again; None (run ``forward``) unless ``record`` is the latest recording and the weights
+        are as they were then (an optimizer step, a ``load_state_dict`` or any other in-place
+        change bumps a weight's version counter)."""
+        if record is None or record.number != self._recordings or record.versions != weight_versions(self):
+            return None
+        return self.q(self.trunk.replay(TrunkActivations(*(t[rows] for t in self._activations))))
+
+
+class QRecord(NamedTuple):
+    """Which recorded pass of a QNetwork this is, and the weights (storage, version) it used."""
+
+    versions: tuple
+    number: int
+
+
+def weight_versions(module: nn.Module) -> tuple:
+    """Each parameter's storage and version counter: equal while no weight changed in place."""
+    return tuple((p.data_ptr(), p._version) for p in module.parameters())
 
 
 class ActorCriticNetwork(nn.Module):
@@ -420,7 +468,7 @@ class ActorCriticNetwork(nn.Module):
         features = self.trunk.forward_recorded(obs, TrunkActivations(*(t[part] for t in rec.trunk)))
         value_features = features if self.value_trunk is None else \
             self.value_trunk.forward_recorded(obs, TrunkActivations(*(t[part] for t in rec.value_trunk)))
-        record = ActingRecord(self._weight_versions(), rec.segment, step, offset, rows)
+        record = ActingRecord(weight_versions(self), rec.segment, step, offset, rows)
         return self.policy(features), self.value(value_features).squeeze(-1), record
 
     def forward_replayed(self, records: Sequence[ActingRecord | None], rows: int) -> tuple[Tensor, Tensor] | None:
@@ -432,7 +480,7 @@ class ActorCriticNetwork(nn.Module):
         rec = self._recording
         if rec is None or rec.rows != rows or rec.next_step != rec.steps:
             return None
-        versions = self._weight_versions()
+        versions = weight_versions(self)
         step = row = 0
         for r in records:  # they must tile the segment: steps in order, rows in order within each
             if r is None or r.segment != rec.segment or (r.step, r.offset) != (step, row) or r.versions != versions:
@@ -445,9 +493,6 @@ class ActorCriticNetwork(nn.Module):
         features = self.trunk.replay(rec.trunk)
         value_features = features if self.value_trunk is None else self.value_trunk.replay(rec.value_trunk)
         return self.policy(features), self.value(value_features).squeeze(-1)
-
-    def _weight_versions(self) -> tuple:
-        return tuple((p.data_ptr(), p._version) for p in self.parameters())
 
 
 class ActingRecord(NamedTuple):

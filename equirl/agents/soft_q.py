@@ -110,6 +110,8 @@ class SoftQ(Agent):
         self.optimizer = self.make_adam(config.lr, config.eps)
         self.log_ref = losses.log_reference(num_actions, config.reference)
         self.updates = 0
+        # acting's pass over the next batch (act_for_training's learn_obs): (record, obs, first row)
+        self._record: tuple | None = None
 
     @staticmethod
     def build_network(config: SoftQConfig, network_spec: dict, num_actions: int) -> QNetwork:
@@ -125,10 +127,23 @@ class SoftQ(Agent):
         return self.network(obs) / self.config.tau
 
     @torch.no_grad()
-    def act_for_training(self, obs) -> tuple:
-        """Actions, plus the behaviour policy's KL at each state for later n-step targets."""
+    def act_for_training(self, obs, learn_obs: Tensor | None = None) -> tuple:
+        """Actions, plus the behaviour policy's KL at each state for later n-step targets.
+
+        ``learn_obs``: the observations of the batch the next :meth:`learn` will get (sampled
+        before acting: ReplayCollector.step). With the same weights, the network's pass over
+        them runs with acting's, in one call, and that :meth:`learn` replays its backward
+        instead of running the forward again (the same values, bit for bit: oneDNN computes
+        each row alike whatever the batch; tests/test_soft_q_pipeline.py). ~0.5 ms of a ~15 ms
+        step on 2 CPU cores (BENCHMARKS.md)."""
         obs = self.to_tensor(obs)
-        q = self.network(obs)
+        self._record = None
+        if learn_obs is not None and self.network.recordable:
+            q, record = self.network.forward_recorded(torch.cat([obs, learn_obs]))
+            q = q[:len(obs)]
+            self._record = (record, learn_obs, len(obs))
+        else:
+            q = self.network(obs)
         if self.config.exploration == "boltzmann":
             actions = self.sample(q / self.config.tau)
         else:
@@ -156,7 +171,14 @@ class SoftQ(Agent):
     # ---- learning --------------------------------------------------------------------
     def learn(self, batch: ReplaySample) -> dict[str, float]:
         cfg = self.config
-        q = self.network(batch.obs)
+        q = None
+        if self._record is not None:
+            record, learn_obs, first = self._record
+            self._record = None  # one update learns from it
+            if learn_obs is batch.obs:
+                q = self.network.forward_replayed(record, slice(first, None))
+        if q is None:
+            q = self.network(batch.obs)
         q_taken = q.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
             q_boot = self.target(batch.bootstrap_obs)

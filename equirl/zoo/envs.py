@@ -177,17 +177,24 @@ class VectorEnv:
             final = np.concatenate([s.final_obs if s.final_obs is not None else np.zeros_like(s.obs) for s in steps])
         return Step(*(np.concatenate(parts) for parts in list(zip(*steps))[:4]), final)
 
-    def send(self, group: int, actions: np.ndarray) -> None:
-        """Start stepping ``group``'s envs with ``actions`` (one per env of the group)."""
-        if self.groups == 1:
-            self._pending = actions  # one group: stepped, synchronously, at recv
-        else:
+    def send(self, group: int, actions: np.ndarray, release_cores: bool = True) -> None:
+        """Start stepping ``group``'s envs with ``actions`` (one per env of the group): Atari's
+        emulate on their own threads until :meth:`recv`, while the caller goes on.
+        ``release_cores``: end torch's idle workers first, so that they do not spin on the cores
+        the emulators need (cpu_threads.py). A caller about to run torch work meanwhile passes
+        False: its workers would only have to start again (soft-q's pipelined step, 1.4% slower
+        releasing them here or at :meth:`recv`, 3.7% faster than the plain order keeping them:
+        benchmarks/soft_q_pipeline.py, BENCHMARKS.md)."""
+        if self.spec.kind != "atari":
+            self._pending = actions  # Gymnasium's sync vector env: stepped, synchronously, at recv
+            return
+        if release_cores:
             cpu_threads.release()
-            self._groups[group].send(np.asarray(actions))
+        self._groups[group].send(np.asarray(actions))
 
     def recv(self, group: int) -> Step:
         """Wait for the step :meth:`send` started on ``group``."""
-        if self.groups == 1:
+        if self.spec.kind != "atari":
             actions, self._pending = self._pending, None
             return self.step(actions)
         obs, rewards, terminated, truncated, info = self._groups[group].recv()

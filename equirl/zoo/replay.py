@@ -40,12 +40,25 @@ class ReplayBuffer:
         self.terminated = np.zeros(shape, dtype=bool)
         self.truncated = np.zeros(shape, dtype=bool)
         self.final_obs: dict[tuple[int, int], np.ndarray] = {}
-        self.written = 0  # vector steps written since the start
+        self.written = 0  # vector steps written since the start (their observations, at least)
+        self._pending = False  # the newest slot holds its observation but not yet its outcome
 
     def __len__(self) -> int:
         return min(self.written, self.slots) * self.num_envs
 
     def add(self, obs, actions, rewards, terminated, truncated, kl, final_obs) -> None:
+        self.add_obs(obs)
+        self.add_outcome(actions, rewards, terminated, truncated, kl, final_obs)
+
+    def add_obs(self, obs) -> None:
+        """The first half of :meth:`add`: the observation acted on at the next vector step.
+
+        Sampling between the two halves gives what it gives after the whole :meth:`add`: a window
+        never reaches the newest slot's action or outcome, only its observation (the newest
+        window bootstraps from it). So the updates that follow a step can run while the envs
+        step (see ReplayCollector.step)."""
+        if self._pending:
+            raise RuntimeError("ReplayBuffer.add_obs: the previous observation's outcome was not added")
         slot = self.written % self.slots
         for env in range(self.num_envs):
             self.final_obs.pop((slot, env), None)
@@ -58,6 +71,14 @@ class ReplayBuffer:
                     self.start_stacks[(slot, int(env))] = obs[env].copy()
         else:
             self.obs[slot] = obs
+        self.written += 1
+        self._pending = True
+
+    def add_outcome(self, actions, rewards, terminated, truncated, kl, final_obs) -> None:
+        """The second half of :meth:`add`: what acting on the observation of :meth:`add_obs` did."""
+        if not self._pending:
+            raise RuntimeError("ReplayBuffer.add_outcome: no observation added before it")
+        slot = (self.written - 1) % self.slots
         self.actions[slot] = actions
         self.rewards[slot] = rewards
         self.kl[slot] = kl
@@ -66,7 +87,7 @@ class ReplayBuffer:
         for env in np.flatnonzero(truncated):
             self.final_obs[(slot, int(env))] = final_obs[env].copy()
         self._next_is_start = np.asarray(terminated) | np.asarray(truncated)
-        self.written += 1
+        self._pending = False
 
     def _oldest_start(self) -> int:
         """The first vector step a window may start at: its stack's older frames must still be
@@ -105,6 +126,8 @@ class ReplayBuffer:
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The whole buffer as tensors, for a checkpoint."""
+        if self._pending:
+            raise RuntimeError("ReplayBuffer.state_tensors: an observation's outcome is still to be added")
         arrays = {name: getattr(self, name) for name in self._ARRAYS}
         for side in ("final_obs", "start_stacks"):
             table = getattr(self, side)
@@ -127,6 +150,7 @@ class ReplayBuffer:
             keys, values = tensors[f"replay.{side}_keys"].numpy(), tensors[f"replay.{side}"].numpy()
             setattr(self, side, {(int(s), int(e)): values[i].copy() for i, (s, e) in enumerate(keys)})
         self.written = int(tensors["replay.written"][0])
+        self._pending = False
 
     def can_sample(self, n_steps: int) -> bool:
         return self.written - 1 - n_steps >= self._oldest_start()

@@ -6,12 +6,13 @@ truncated episode is kept apart so its value can be bootstrapped.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from ..agents.base import Agent, Rollout
+from ..agents.base import Agent, ReplaySample, Rollout
 from .envs import Step, VectorEnv
 from .replay import ReplayBuffer
 
@@ -135,14 +136,32 @@ class ReplayCollector(CollectorState):
     """Steps every environment once with the behaviour policy and stores the transitions."""
 
     def __init__(self, env: VectorEnv, seed: int):
+        if env.groups != 1:
+            raise ValueError(f"ReplayCollector steps its envs as one group, not {env.groups}")
         self.env = env
         self.obs = env.reset(seed=seed)
         self.tracker = EpisodeTracker(env.num_envs)
 
-    def step(self, agent, replay: ReplayBuffer) -> list[Episode]:
-        actions, kl = agent.act_for_training(self.obs)
-        step = self.env.step(actions)
-        replay.add(self.obs, actions, training_rewards(step, self.env.spec.reward_clipping),
-                   step.terminated, step.truncated & ~step.terminated, kl, step.final_obs)
+    def step(self, agent, replay: ReplayBuffer, next_batch: Callable[[], ReplaySample | None] | None = None,
+             learn: Callable[[ReplaySample], None] | None = None) -> list[Episode]:
+        """One vector step; with ``next_batch`` and ``learn``, also the updates due after it.
+
+        The updates are those of the plain order (act, step, store, sample, learn) with the
+        same weights, batches and random draws, run in another order: an update after a step
+        reads of that step only the observation acted on (ReplayBuffer.add_obs), so it runs
+        while the envs emulate (Atari's on their own threads), and the first one's batch,
+        drawn before acting (``next_batch()``: None when no update is due), goes through the
+        network in acting's forward pass. ``learn(batch)`` runs that update and any others due.
+        The weights are bit-identical to the plain order's (tests/test_soft_q_pipeline.py)."""
+        replay.add_obs(self.obs)
+        batch = next_batch() if next_batch is not None else None
+        actions, kl = agent.act_for_training(self.obs, None if batch is None else batch.obs)
+        learning = batch is not None and learn is not None
+        self.env.send(0, actions, release_cores=not learning)
+        if learning:
+            learn(batch)
+        step = self.env.recv(0)
+        replay.add_outcome(actions, training_rewards(step, self.env.spec.reward_clipping),
+                           step.terminated, step.truncated & ~step.terminated, kl, step.final_obs)
         self.obs = step.obs
         return self.tracker.update(step)

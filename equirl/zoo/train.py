@@ -23,6 +23,7 @@ import torch
 
 from .. import OMP_WAIT_POLICY_APPLIES
 from ..agents import AGENTS, Agent
+from ..agents.base import ReplaySample
 from ..agents.networks import default_trunk_spec
 from ..hub import format as fmt
 from . import cpu_threads, heap, presets
@@ -332,6 +333,21 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
         except (KeyError, ValueError) as err:
             raise TrainError(f"--resume: the checkpoint's env or replay state does not fit this run: {err}") from None
 
+    due = 0  # replay agents: the updates due once the current vector step is taken
+    metrics = None  # the latest update's
+
+    def next_batch() -> ReplaySample | None:
+        if updates < due and replay.can_sample(cfg.n_steps):
+            return replay.sample(batch_size, cfg.n_steps, rng, agent.to_tensor, agent.device)
+        return None
+
+    def learn(batch: ReplaySample | None) -> None:
+        nonlocal metrics, updates
+        while batch is not None:
+            metrics = agent.learn(batch)
+            updates += 1
+            batch = next_batch()
+
     stepping_start = time.perf_counter()
 
     def wall_seconds() -> float:
@@ -377,13 +393,10 @@ def _run(agent: Agent, env, total: int, seed: int, run_dir: Path | None, progres
                     metrics = agent.learn(rollout)
                     updates += 1
                 else:
-                    new = collector.step(agent, replay)
                     steps += env.num_envs * ranks.world
                     due = update_base + max(0, steps - learn_from) // cfg.train_freq
-                    while updates < due and replay.can_sample(cfg.n_steps):
-                        sample = replay.sample(batch_size, cfg.n_steps, rng, agent.to_tensor, agent.device)
-                        metrics = agent.learn(sample)
-                        updates += 1
+                    # The updates due after this step run inside it, while the envs step.
+                    new = collector.step(agent, replay, next_batch, learn)
                 stop = bool(stop_requested)
                 if ranks.active:
                     # Every rank stops, or raises, at the same iteration: a stop or NaN on any one

@@ -1,0 +1,169 @@
+"""soft-q's pipelined step (ReplayCollector.step with next_batch/learn): the batch of the update
+that follows a step is drawn before acting, goes through the network in acting's forward pass
+(QNetwork.forward_recorded; the update replays the backward), and the update runs while the envs
+emulate. Checked against the plain order (act, step, store, sample, learn, each forward fresh):
+the same actions and the same weights, bit for bit in float32 on CPU, and records never used for
+another batch or with other weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from equirl.agents import AGENTS, ObsInfo
+from equirl.agents.base import ReplaySample
+from equirl.agents.networks import NatureCNN, QNetwork, default_trunk_spec
+from equirl.zoo.presets import make_config
+from equirl.zoo.rollout import ReplayCollector, training_rewards
+from equirl.zoo.train import train
+
+A, ROWS, BATCH = 6, 3, 8
+
+
+def _agent(float64: bool = False, **values):
+    config = make_config("soft-q", "atari", float64=float64, num_envs=ROWS, batch_size=BATCH, **values)
+    spec = {"trunk": default_trunk_spec((4, 84, 84), "uint8")}
+    return AGENTS["soft-q"](config, ObsInfo((4, 84, 84), "uint8"), A, spec, "cpu", 0)
+
+
+def _pixels(gen, rows):
+    return torch.randint(0, 256, (rows, 4, 84, 84), dtype=torch.uint8, generator=gen)
+
+
+def _batch(gen) -> ReplaySample:
+    """One-step windows of random pixels, one terminated and one truncated."""
+    terminated = torch.zeros(1, BATCH, dtype=torch.bool)
+    truncated = torch.zeros(1, BATCH, dtype=torch.bool)
+    terminated[0, 1], truncated[0, 2] = True, True
+    return ReplaySample(_pixels(gen, BATCH), torch.randint(0, A, (BATCH,), generator=gen),
+                        torch.randn(1, BATCH, generator=gen).sign(), torch.rand(1, BATCH, generator=gen),
+                        terminated, truncated, _pixels(gen, BATCH))
+
+
+class _TrunkCalls:
+    """Counts forward passes through Nature CNN trunks (the online network's and the target's)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        original = NatureCNN.forward
+
+        def counted(module, obs):
+            self.calls += 1
+            return original(module, obs)
+
+        monkeypatch.setattr(NatureCNN, "forward", counted)
+
+
+@pytest.mark.parametrize("float64", [False, True])
+def test_an_update_learning_from_acting_s_pass_equals_the_plain_one(float64, monkeypatch):
+    """Acting with the next batch's observations, then learning that batch, gives the actions,
+    KLs, metrics and weights of acting alone then learning with a fresh forward: bit for bit in
+    float32 (oneDNN computes each row alike whatever the batch), to rounding in float64."""
+    merged, plain = _agent(float64), _agent(float64)
+    plain.load_weights(merged.weights())
+    calls = _TrunkCalls(monkeypatch)
+    for update in range(4):
+        gen = torch.Generator().manual_seed(update)
+        obs, batch = _pixels(gen, ROWS), _batch(gen)
+        actions, kl = merged.act_for_training(obs, batch.obs)
+        want_actions, want_kl = plain.act_for_training(obs)
+        assert (actions == want_actions).all() and (kl == want_kl).all()
+        calls.calls = 0
+        got = merged.learn(batch)
+        assert calls.calls == 1  # the target network's forward only: the online one was replayed
+        calls.calls = 0
+        want = plain.learn(batch)
+        assert calls.calls == 2
+        for (name, p), q in zip(merged.network.named_parameters(), plain.network.parameters()):
+            assert q.grad.abs().max() > 0, name  # every layer learns, conv1 included
+            if float64:
+                assert (p - q).abs().max().item() <= 1e-12, name
+            else:
+                assert torch.equal(p, q), name
+        assert got == want if not float64 else got == pytest.approx(want, rel=1e-10, abs=1e-15)
+
+
+def test_acting_s_pass_is_used_once_for_its_own_batch_and_weights(monkeypatch):
+    agent = _agent()
+    gen = torch.Generator().manual_seed(1)
+    calls = _TrunkCalls(monkeypatch)
+    # Another batch than the one acted with: its forward runs.
+    agent.act_for_training(_pixels(gen, ROWS), _batch(gen).obs)
+    calls.calls = 0
+    agent.learn(_batch(gen))
+    assert calls.calls == 2
+    # The record is spent by one update: learning the same batch again runs the forward.
+    batch = _batch(gen)
+    agent.act_for_training(_pixels(gen, ROWS), batch.obs)
+    calls.calls = 0
+    agent.learn(batch)
+    agent.learn(batch)
+    assert calls.calls == 1 + 2
+    # Weights changed in place after acting (load_state_dict bumps the version counters).
+    agent.act_for_training(_pixels(gen, ROWS), batch.obs)
+    agent.load_weights(agent.weights())
+    calls.calls = 0
+    agent.learn(batch)
+    assert calls.calls == 2
+    # Acting without a batch drops an earlier record.
+    agent.act_for_training(_pixels(gen, ROWS), batch.obs)
+    agent.act_for_training(_pixels(gen, ROWS))
+    calls.calls = 0
+    agent.learn(batch)
+    assert calls.calls == 2
+
+
+def test_a_newer_recording_voids_an_older_one():
+    net = QNetwork(default_trunk_spec((4, 84, 84), "uint8"), A)
+    gen = torch.Generator().manual_seed(2)
+    _, first = net.forward_recorded(_pixels(gen, 5))
+    assert net.forward_replayed(first, slice(1, None)) is not None
+    _, second = net.forward_recorded(_pixels(gen, 5))
+    assert net.forward_replayed(first, slice(1, None)) is None
+    assert net.forward_replayed(second, slice(1, None)).shape == (4, A)
+
+
+def test_bf16_and_mlp_q_networks_do_not_record():
+    gen = torch.Generator().manual_seed(4)
+    for net, obs in ((QNetwork(default_trunk_spec((4, 84, 84), "uint8"), A, bf16=True), _pixels(gen, 2)),
+                     (QNetwork(default_trunk_spec((4,), "float32"), 2), torch.randn(2, 4, generator=gen))):
+        assert not net.recordable
+        q, record = net.forward_recorded(obs)
+        assert record is None and torch.equal(q, net(obs).detach())
+
+
+def _plain_step(self, agent, replay, next_batch=None, learn=None):
+    """The plain order of a vector step: act, step, store, then the updates due, each sampled
+    after the step is stored and learnt with a fresh forward."""
+    actions, kl = agent.act_for_training(self.obs)
+    step = self.env.step(actions)
+    replay.add(self.obs, actions, training_rewards(step, self.env.spec.reward_clipping),
+               step.terminated, step.truncated & ~step.terminated, kl, step.final_obs)
+    self.obs = step.obs
+    batch = next_batch() if next_batch is not None else None
+    if batch is not None:
+        learn(batch)
+    return self.tracker.update(step)
+
+
+@pytest.mark.parametrize("train_freq", [2, 1])  # one update a vector step (merged), two (one merged)
+def test_pipelined_training_learns_the_weights_of_the_plain_order(train_freq, monkeypatch):
+    values = {"num_envs": 2, "batch_size": 8, "learning_starts": 40, "train_freq": train_freq,
+              "buffer_size": 500, "target_update_interval": 7}
+    replayed = []
+    original = QNetwork.forward_replayed
+
+    def counted(net, record, rows):
+        q = original(net, record, rows)
+        replayed.append(q is not None)
+        return q
+
+    monkeypatch.setattr(QNetwork, "forward_replayed", counted)
+    pipelined = train("soft-q", "ALE/Pong-v5", 160, seed=3, config_values=values)
+    updates = (160 - 40) // train_freq
+    assert sum(replayed) == 60 and len(replayed) == 60  # the first update after each step: merged
+    monkeypatch.setattr(ReplayCollector, "step", _plain_step)
+    plain = train("soft-q", "ALE/Pong-v5", 160, seed=3, config_values=values)
+    assert pipelined.agent.updates == plain.agent.updates == updates
+    weights = plain.agent.weights()
+    for name, tensor in pipelined.agent.weights().items():
+        assert torch.equal(tensor, weights[name]), name
