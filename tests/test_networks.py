@@ -85,3 +85,16 @@ def test_a_graph_made_before_the_weights_changed_refuses_its_backward():
     RMSprop(net.parameters(), lr=1e-3, alpha=0.99, eps=1e-5).step()
     with torch.no_grad():
         assert torch.allclose(net(obs).double(), _reference_forward(_leaf_state(net), obs), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(4, 84, 84), (3, 64, 48), (1, 100, 90)])
+def test_pixels_become_channels_last_floats_scaled_to_one_for_any_batch(shape):
+    """The reorder of uint8 stacks to channels-last (torch.stack from 16 stacks on, .contiguous
+    below) keeps every pixel where it belongs."""
+    net = NatureCNN(*shape)
+    gen = torch.Generator().manual_seed(2)
+    for rows in (1, 4, 15, 16, 32, 80):
+        obs = torch.randint(0, 256, (rows, *shape), dtype=torch.uint8, generator=gen)
+        x = net._pixels(obs)
+        assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(x, obs.float() / 255.0), rows

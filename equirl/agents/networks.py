@@ -217,7 +217,11 @@ class NatureCNN(nn.Module):
         # at a quarter of the float32 size.
         # Reordered to channels-last while still uint8 (a quarter of the bytes), then converted
         # and scaled in place: one float pass instead of three. ``out``: write them there.
-        if obs.dim() == 4:
+        if obs.dim() == 4 and len(obs) >= 16 and obs.shape[1] <= 4 and obs.is_contiguous():
+            # Frame stacks interleaved by torch.stack: 0.13 ms for 32 stacks of 4 against 0.20
+            # for .contiguous(channels_last) (not below ~16 stacks: 0.037 against 0.023 for 4).
+            obs = torch.stack(obs.unbind(1), dim=-1).permute(0, 3, 1, 2)
+        elif obs.dim() == 4:
             obs = obs.contiguous(memory_format=torch.channels_last)
         if out is not None:
             return out.copy_(obs).div_(255.0)

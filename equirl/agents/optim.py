@@ -93,6 +93,19 @@ class Adam(_StateInParameterLayout, torch.optim.Adam):
 
     def __init__(self, params, lr: float, eps: float):
         super().__init__(params, lr=lr, eps=eps, fused=True)
+        # Flat views of each parameter and its moments, made once (~0.1 ms a step of view
+        # making otherwise): {param: (param view, exp_avg, exp_avg_sq, their views)}, remade
+        # when the state's tensors are replaced (load_state_dict) or the parameter's memory is.
+        self._views: dict[torch.Tensor, tuple] = {}
+
+    def _flat(self, param: torch.Tensor, state: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cached = self._views.get(param)
+        if cached is None or cached[1] is not state["exp_avg"] or cached[2] is not state["exp_avg_sq"] \
+                or cached[0].data_ptr() != param.data_ptr():
+            # (moments have the parameter's layout: made so in step, or by load_state_dict)
+            cached = self._views[param] = (memory_view(param), state["exp_avg"], state["exp_avg_sq"],
+                                           memory_view(state["exp_avg"]), memory_view(state["exp_avg_sq"]))
+        return cached[0], cached[3], cached[4]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -106,11 +119,11 @@ class Adam(_StateInParameterLayout, torch.optim.Adam):
                     state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
                     state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                # (moments have the parameter's layout: made so above, or by load_state_dict)
-                params.append(memory_view(param))
+                flat_param, flat_avg, flat_avg_sq = self._flat(param, state)
+                params.append(flat_param)
                 grads.append(memory_view(laid_out_like(param, param.grad)))
-                exp_avgs.append(memory_view(state["exp_avg"]))
-                exp_avg_sqs.append(memory_view(state["exp_avg_sq"]))
+                exp_avgs.append(flat_avg)
+                exp_avg_sqs.append(flat_avg_sq)
                 steps.append(state["step"])
             if not params:
                 continue
