@@ -134,8 +134,8 @@ class SoftQ(Agent):
         before acting: ReplayCollector.step). With the same weights, the network's pass over
         them runs with acting's, in one call, and that :meth:`learn` replays its backward
         instead of running the forward again (the same values, bit for bit: oneDNN computes
-        each row alike whatever the batch; tests/test_soft_q_pipeline.py). ~0.5 ms of a ~15 ms
-        step on 2 CPU cores (BENCHMARKS.md)."""
+        each row alike whatever the batch; tests/test_soft_q_pipeline.py). 0.25-0.55 ms of a
+        ~16 ms vector step on 2 CPU cores (BENCHMARKS.md)."""
         obs = self.to_tensor(obs)
         self._record = None
         if learn_obs is not None and self.network.recordable:

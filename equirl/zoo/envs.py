@@ -182,9 +182,9 @@ class VectorEnv:
         emulate on their own threads until :meth:`recv`, while the caller goes on.
         ``release_cores``: end torch's idle workers first, so that they do not spin on the cores
         the emulators need (cpu_threads.py). A caller about to run torch work meanwhile passes
-        False: its workers would only have to start again (soft-q's pipelined step, 1.4% slower
-        releasing them here or at :meth:`recv`, 3.7% faster than the plain order keeping them:
-        benchmarks/soft_q_pipeline.py, BENCHMARKS.md)."""
+        False: its workers would only have to start again (soft-q's pipelined step gained 3.7%
+        over the plain order keeping them, 1.2-1.4% ending them here or before :meth:`recv`;
+        BENCHMARKS.md)."""
         if self.spec.kind != "atari":
             self._pending = actions  # Gymnasium's sync vector env: stepped, synchronously, at recv
             return
