@@ -28,6 +28,15 @@ from equirl.zoo.rollout import OnPolicyCollector, ReplayCollector
 from equirl.zoo.train import build_agent
 
 
+def filled_replay(agent, env, cfg) -> tuple[ReplayCollector, ReplayBuffer]:
+    """soft-q's collector and a replay buffer stepped past ``learning_starts`` (plain steps)."""
+    collector = ReplayCollector(env, 0)
+    replay = ReplayBuffer(cfg.buffer_size, env.num_envs, env.obs_info.shape, env.obs_info.dtype, frame_stack=True)
+    for _ in range(cfg.learning_starts // env.num_envs + 10):
+        collector.step(agent, replay)
+    return collector, replay
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agent", default="a3c", choices=["a3c", "matched-q", "entropy-pg", "soft-q"])
@@ -64,11 +73,8 @@ def main() -> None:
     env.recv = timed_recv  # the collectors step the envs with send and recv
     setattr(agent, act_name, timed_act)
     if soft_q:
-        collector = ReplayCollector(env, 0)
-        replay = ReplayBuffer(cfg.buffer_size, env.num_envs, env.obs_info.shape, env.obs_info.dtype, frame_stack=True)
+        collector, replay = filled_replay(agent, env, cfg)
         rng = np.random.default_rng(0)
-        for _ in range(cfg.learning_starts // env.num_envs + 10):
-            collector.step(agent, replay)
 
         def next_batch():
             start = time.perf_counter()

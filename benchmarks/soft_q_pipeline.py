@@ -19,11 +19,11 @@ import equirl  # noqa: F401  (before torch: equirl sets OpenMP's wait settings)
 import numpy as np
 import torch
 from paired_speed import SOFT_Q_SETTINGS  # benchmarks/ is on the path when this script runs
+from profile_update import filled_replay
 
 from equirl.zoo import heap, presets
 from equirl.zoo.envs import make_vector_env, spec_from_id
-from equirl.zoo.replay import ReplayBuffer
-from equirl.zoo.rollout import ReplayCollector, training_rewards
+from equirl.zoo.rollout import training_rewards
 from equirl.zoo.train import build_agent
 
 
@@ -38,11 +38,8 @@ def main() -> None:
     cfg = presets.make_config("soft-q", presets.family_of(spec.kind), **SOFT_Q_SETTINGS)
     env = make_vector_env(spec, cfg.num_envs)
     agent = build_agent("soft-q", cfg, spec, env.obs_info, env.num_actions, torch.device("cpu"), 0)
-    collector = ReplayCollector(env, 0)
-    replay = ReplayBuffer(cfg.buffer_size, env.num_envs, env.obs_info.shape, env.obs_info.dtype, frame_stack=True)
+    collector, replay = filled_replay(agent, env, cfg)
     rng = np.random.default_rng(0)
-    for _ in range(cfg.learning_starts // env.num_envs + 10):
-        collector.step(agent, replay)
 
     def next_batch():
         return replay.sample(cfg.batch_size, cfg.n_steps, rng, agent.to_tensor, agent.device)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from equirl.agents import AGENTS, ObsInfo, Rollout
-from equirl.agents.networks import ActorCriticNetwork, NatureCNN, default_trunk_spec
+from equirl.agents.networks import ActorCriticNetwork, default_trunk_spec
 from equirl.zoo.presets import make_config
 from equirl.zoo.train import train
 
@@ -47,20 +47,6 @@ def _segment(agent, gen, record: bool):
                    torch.tensor([[2, 1]]), tuple(acting) if record else None)
 
 
-class _TrunkCalls:
-    """Counts forward passes through the agent's Nature CNN trunks."""
-
-    def __init__(self, monkeypatch):
-        self.calls = 0
-        original = NatureCNN.forward
-
-        def counted(module, obs):
-            self.calls += 1
-            return original(module, obs)
-
-        monkeypatch.setattr(NatureCNN, "forward", counted)
-
-
 AGENT_CASES = [
     ("a3c", {}),
     ("matched-q", {}),
@@ -69,10 +55,10 @@ AGENT_CASES = [
 
 
 @pytest.mark.parametrize("agent_id,values", AGENT_CASES)
-def test_replayed_update_equals_a_fresh_forward_in_float64(agent_id, values, monkeypatch):
+def test_replayed_update_equals_a_fresh_forward_in_float64(agent_id, values, trunk_calls):
     replaying, plain = _agent(agent_id, values), _agent(agent_id, values)
     plain.load_weights(replaying.weights())
-    calls = _TrunkCalls(monkeypatch)
+    calls = trunk_calls
     for update in range(3):
         gen_a, gen_b = torch.Generator().manual_seed(update), torch.Generator().manual_seed(update)
         batch = _segment(replaying, gen_a, record=True)
@@ -96,13 +82,14 @@ def test_replayed_update_equals_a_fresh_forward_in_float64(agent_id, values, mon
             assert (p - q).abs().max().item() <= 1e-12, name
 
 
-def test_records_made_with_other_weights_are_not_used(monkeypatch):
+def test_records_made_with_other_weights_are_not_used(trunk_calls):
     agent = _agent("a3c", {})
     gen = torch.Generator().manual_seed(7)
     stale = _segment(agent, gen, record=True)
     agent.learn(_segment(agent, gen, record=True))  # an optimizer step: the weights move
     assert agent.network.forward_replayed(stale.acting, B) is None
-    calls = _TrunkCalls(monkeypatch)
+    calls = trunk_calls
+    calls.calls = 0
     agent.learn(stale)
     assert calls.calls == 2  # the segment's forward ran again, with the current weights
     # load_state_dict writes in place: records from before it are stale too.

@@ -11,7 +11,7 @@ import torch
 
 from equirl.agents import AGENTS, ObsInfo
 from equirl.agents.base import ReplaySample
-from equirl.agents.networks import NatureCNN, QNetwork, default_trunk_spec
+from equirl.agents.networks import QNetwork, default_trunk_spec
 from equirl.zoo.presets import make_config
 from equirl.zoo.rollout import ReplayCollector, training_rewards
 from equirl.zoo.train import train
@@ -39,28 +39,14 @@ def _batch(gen) -> ReplaySample:
                         terminated, truncated, _pixels(gen, BATCH))
 
 
-class _TrunkCalls:
-    """Counts forward passes through Nature CNN trunks (the online network's and the target's)."""
-
-    def __init__(self, monkeypatch):
-        self.calls = 0
-        original = NatureCNN.forward
-
-        def counted(module, obs):
-            self.calls += 1
-            return original(module, obs)
-
-        monkeypatch.setattr(NatureCNN, "forward", counted)
-
-
 @pytest.mark.parametrize("float64", [False, True])
-def test_an_update_learning_from_acting_s_pass_equals_the_plain_one(float64, monkeypatch):
+def test_an_update_learning_from_acting_s_pass_equals_the_plain_one(float64, trunk_calls):
     """Acting with the next batch's observations, then learning that batch, gives the actions,
     KLs, metrics and weights of acting alone then learning with a fresh forward: bit for bit in
     float32 (oneDNN computes each row alike whatever the batch), to rounding in float64."""
     merged, plain = _agent(float64), _agent(float64)
     plain.load_weights(merged.weights())
-    calls = _TrunkCalls(monkeypatch)
+    calls = trunk_calls
     for update in range(4):
         gen = torch.Generator().manual_seed(update)
         obs, batch = _pixels(gen, ROWS), _batch(gen)
@@ -82,10 +68,10 @@ def test_an_update_learning_from_acting_s_pass_equals_the_plain_one(float64, mon
         assert got == want if not float64 else got == pytest.approx(want, rel=1e-10, abs=1e-15)
 
 
-def test_acting_s_pass_is_used_once_for_its_own_batch_and_weights(monkeypatch):
+def test_acting_s_pass_is_used_once_for_its_own_batch_and_weights(trunk_calls):
     agent = _agent()
     gen = torch.Generator().manual_seed(1)
-    calls = _TrunkCalls(monkeypatch)
+    calls = trunk_calls
     # Another batch than the one acted with: its forward runs.
     agent.act_for_training(_pixels(gen, ROWS), _batch(gen).obs)
     calls.calls = 0
@@ -146,21 +132,12 @@ def _plain_step(self, agent, replay, next_batch=None, learn=None):
 
 
 @pytest.mark.parametrize("train_freq", [2, 1])  # one update a vector step (merged), two (one merged)
-def test_pipelined_training_learns_the_weights_of_the_plain_order(train_freq, monkeypatch):
+def test_pipelined_training_learns_the_weights_of_the_plain_order(train_freq, monkeypatch, q_replay_uses):
     values = {"num_envs": 2, "batch_size": 8, "learning_starts": 40, "train_freq": train_freq,
               "buffer_size": 500, "target_update_interval": 7}
-    replayed = []
-    original = QNetwork.forward_replayed
-
-    def counted(net, record, rows):
-        q = original(net, record, rows)
-        replayed.append(q is not None)
-        return q
-
-    monkeypatch.setattr(QNetwork, "forward_replayed", counted)
     pipelined = train("soft-q", "ALE/Pong-v5", 160, seed=3, config_values=values)
     updates = (160 - 40) // train_freq
-    assert sum(replayed) == 60 and len(replayed) == 60  # the first update after each step: merged
+    assert q_replay_uses == [True] * 60  # the first update after each step: merged
     monkeypatch.setattr(ReplayCollector, "step", _plain_step)
     plain = train("soft-q", "ALE/Pong-v5", 160, seed=3, config_values=values)
     assert pipelined.agent.updates == plain.agent.updates == updates
