@@ -131,10 +131,14 @@ def _plain_step(self, agent, replay, next_batch=None, learn=None):
     return self.tracker.update(step)
 
 
-@pytest.mark.parametrize("train_freq", [2, 1])  # one update a vector step (merged), two (one merged)
-def test_pipelined_training_learns_the_weights_of_the_plain_order(train_freq, monkeypatch, q_replay_uses):
+@pytest.mark.parametrize("train_freq,extra", [
+    (2, {}),  # one update a vector step, merged with acting
+    (1, {}),  # two: the first merged, the second plain
+    (2, {"n_steps": 3, "exploration": "epsilon_greedy", "backup": "hard"}),  # 3-step windows, DQN's exploration
+])
+def test_pipelined_training_learns_the_weights_of_the_plain_order(train_freq, extra, monkeypatch, q_replay_uses):
     values = {"num_envs": 2, "batch_size": 8, "learning_starts": 40, "train_freq": train_freq,
-              "buffer_size": 500, "target_update_interval": 7}
+              "buffer_size": 500, "target_update_interval": 7, **extra}
     pipelined = train("soft-q", "ALE/Pong-v5", 160, seed=3, config_values=values)
     updates = (160 - 40) // train_freq
     assert q_replay_uses == [True] * 60  # the first update after each step: merged
