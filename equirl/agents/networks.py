@@ -249,6 +249,12 @@ class NatureCNN(nn.Module):
         # F.relu under autograd: its backward (threshold_backward, zero at 0) is the replay's.
         return F.relu(features) if out is None else torch.clamp_min(features, 0, out=out)
 
+    def holds_activations(self, buffers: TrunkActivations | None, rows: int, like: Tensor) -> bool:
+        """Whether ``buffers`` are :meth:`activation_buffers` of ``rows`` rows for this trunk's
+        weights on ``like``'s device (else make new ones)."""
+        return buffers is not None and len(buffers.features) == rows and buffers.pixels.device == like.device \
+            and buffers.pixels.dtype == self.fc[0].weight.dtype
+
     def activation_buffers(self, rows: int, like: Tensor) -> TrunkActivations:
         """Uninitialised storage for ``rows`` rows of activations, in the layouts the forward
         produces them (channels-last convolutions), on ``like``'s device."""
@@ -378,11 +384,9 @@ class QNetwork(nn.Module):
         storage is reused: a new recording invalidates the previous one."""
         if not self.recordable:
             return self(obs), None
-        rows = len(obs)
         acts = self._activations
-        if acts is None or len(acts.features) != rows or acts.pixels.device != obs.device \
-                or acts.pixels.dtype != self.trunk.fc[0].weight.dtype:
-            self._activations = acts = self.trunk.activation_buffers(rows, obs)
+        if not self.trunk.holds_activations(acts, len(obs), obs):
+            self._activations = acts = self.trunk.activation_buffers(len(obs), obs)
         self._recordings += 1
         q = self.q(self.trunk.forward_recorded(obs, acts))
         return q, QRecord(weight_versions(self), self._recordings)
@@ -454,8 +458,8 @@ class ActorCriticNetwork(nn.Module):
             return (*self(obs), None)
         rec = self._recording
         if step == 0 and offset == 0:
-            if rec is None or rec.steps != steps or rec.rows != total or rec.trunk.pixels.device != obs.device \
-                    or rec.trunk.pixels.dtype != self.trunk.fc[0].weight.dtype:
+            if rec is None or rec.steps != steps or rec.rows != total \
+                    or not self.trunk.holds_activations(rec.trunk, steps * total, obs):
                 buffers = [None if t is None else t.activation_buffers(steps * total, obs)
                            for t in (self.trunk, self.value_trunk)]
                 rec = _Recording(steps, total, *buffers)
