@@ -1,8 +1,11 @@
-"""How far bfloat16 moves an on-policy agent's gradient, layer by layer, on real Atari states.
+"""How far bfloat16 moves an agent's gradient, layer by layer, on real Atari states.
 
 Loads an agent (a bundled name, a run folder or a Hub repo), collects rollouts with its own
-policy on its own env, and computes the a3c/entropy-pg loss gradient with the Nature CNN in
-float32 (the reference) and with bfloat16 autocast on chosen layers. For each choice it prints:
+policy on its own env, and computes its loss gradient with the Nature CNN in float32 (the
+reference) and with bfloat16 autocast on chosen layers: the a3c/entropy-pg loss on rollouts of
+16 envs x 5 steps, or for soft-q the TD loss (SoftQ.td_loss) on replay batches of 32 drawn from
+~10,000 transitions of its Boltzmann policy, the target network a copy of the online one (as
+after a sync) and in the same precision. For each choice it prints:
 
 - cos: cosine between the bf16 and float32 gradients (all parameters), median over batches;
 - err: |g_bf16 - g_f32| / |g_f32|, median over batches;
@@ -18,6 +21,7 @@ With ``--time N`` it instead times forward+backward of 80 frames through a fresh
 each choice of bf16 layers (N alternated rounds, medians; one thread).
 
     .venv/bin/python benchmarks/bf16_gradients.py a3c-Pong --batches 12 [--evaluate 30]
+    .venv/bin/python benchmarks/bf16_gradients.py soft-q-Pong --batches 12
     .venv/bin/python benchmarks/bf16_gradients.py --time 25
 """
 from __future__ import annotations
@@ -25,12 +29,14 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 import equirl
 from equirl.agents.a3c import entropy_regularized_pg_loss
-from equirl.zoo.rollout import OnPolicyCollector
+from equirl.zoo.replay import ReplayBuffer
+from equirl.zoo.rollout import OnPolicyCollector, ReplayCollector
 
 LAYERS = ("conv1", "conv2", "conv3", "fc")
 CHOICES = {"all bf16": LAYERS, "all but conv1": LAYERS[1:], "conv3 and fc": LAYERS[2:], "conv1 only": ("conv1",),
@@ -65,28 +71,39 @@ def main() -> None:
     if args.agent is None:
         parser.error("an agent is needed (or --time N)")
     agent = equirl.load(args.agent)
-    if agent.agent_id not in ("a3c", "entropy-pg"):
-        raise SystemExit(f"{args.agent}: an a3c or entropy-pg agent is needed, not {agent.agent_id}")
-    agent.optimize = lambda loss, terms, metrics: loss  # the loss, not an optimizer step
-    trunks = [m for m in agent.network.modules() if hasattr(m, "convs")]
+    if agent.agent_id not in ("a3c", "entropy-pg", "soft-q"):
+        raise SystemExit(f"{args.agent}: an a3c, entropy-pg or soft-q agent is needed, not {agent.agent_id}")
+    soft_q = agent.agent_id == "soft-q"
+    if soft_q:
+        agent.target.load_state_dict(agent.network.state_dict())  # files hold no target network
+    else:
+        agent.optimize = lambda loss, terms, metrics: loss  # the loss, not an optimizer step
+    networks = (agent.network, agent.target) if soft_q else (agent.network,)
+    trunks = [m for network in networks for m in network.modules() if hasattr(m, "convs")]
     params = list(agent.network.parameters())
     conv1 = trunks[0].convs[0].weight
+
+    def loss_of(batch):
+        return agent.td_loss(agent.network(batch.obs), batch)[0] if soft_q else entropy_regularized_pg_loss(agent, batch)
 
     def gradients(batch, in_bf16):
         for trunk in trunks:
             trunk.forward = layerwise_forward(trunk, set(in_bf16))
-        grads = torch.autograd.grad(entropy_regularized_pg_loss(agent, batch), params)
+        grads = torch.autograd.grad(loss_of(batch), params)
         # float64 for the comparisons, so the cosines are not themselves rounded
         return torch.cat([g.flatten() for g in grads]).double(), grads[params.index(conv1)].double()
 
     for trunk in trunks:  # rollouts with the float32 policy
         trunk.forward = layerwise_forward(trunk, set())
-    collector = OnPolicyCollector(agent.make_env(num_envs=16), 5, seed=args.seed)
-    batches = [collector.collect(agent)[0] for _ in range(args.batches)]
+    if soft_q:
+        batches = replay_batches(agent, args.batches, args.seed)
+    else:
+        collector = OnPolicyCollector(agent.make_env(num_envs=16), 5, seed=args.seed)
+        batches = [collector.collect(agent)[0] for _ in range(args.batches)]
     reference = [gradients(batch, ()) for batch in batches]
     signal = torch.stack([F.normalize(g, dim=0) for g, _ in reference])
     off_diagonal = ~torch.eye(len(batches), dtype=torch.bool)
-    print(f"{args.agent}: {len(batches)} batches of 80 transitions; the float32 gradients' own "
+    print(f"{args.agent}: {len(batches)} batches of {len(batches[0].actions.flatten())} transitions; the float32 gradients' own "
           f"cross-batch cosine: {float((signal @ signal.T)[off_diagonal].mean()):.3f}")
     print("| bf16 layers | cos | err | err corr | conv1 norm |\n|---|---|---|---|---|")
     for label, in_bf16 in CHOICES.items():
@@ -103,6 +120,21 @@ def main() -> None:
               f"| {torch.tensor(norm).median():.3f} |")
     if args.evaluate:
         evaluate_in_bf16(agent, trunks, batches, args.evaluate)
+
+
+def replay_batches(agent, count: int, seed: int, vector_steps: int = 2500) -> list:
+    """``count`` replay batches of soft-q's batch size from ``vector_steps`` steps of its envs,
+    acted on by its own (Boltzmann) policy."""
+    cfg = agent.config
+    env = agent.make_env(num_envs=cfg.num_envs)
+    replay = ReplayBuffer(vector_steps * cfg.num_envs, cfg.num_envs, env.obs_info.shape, env.obs_info.dtype,
+                          frame_stack=True)
+    collector = ReplayCollector(env, seed)
+    for _ in range(vector_steps):
+        collector.step(agent, replay)
+    env.close()
+    rng = np.random.default_rng(seed)
+    return [replay.sample(cfg.batch_size, cfg.n_steps, rng, agent.to_tensor, agent.device) for _ in range(count)]
 
 
 def time_choices(rounds: int) -> None:
@@ -128,7 +160,7 @@ def time_choices(rounds: int) -> None:
 def evaluate_in_bf16(agent, trunks, batches, episodes: int) -> None:
     from equirl.evaluation.evaluate import evaluate
 
-    states = torch.cat([batch.obs.flatten(0, 1) for batch in batches])
+    states = torch.cat([batch.obs.reshape(-1, *batch.obs.shape[-3:]) for batch in batches])
     with torch.no_grad():
         for trunk in trunks:
             trunk.forward = layerwise_forward(trunk, set())

@@ -179,6 +179,21 @@ class SoftQ(Agent):
                 q = self.network.forward_replayed(record, slice(first, None))
         if q is None:
             q = self.network(batch.obs)
+        loss, q_taken, targets = self.td_loss(q, batch)
+        lr = self._set_lr(cfg.lr, cfg.lr_decay)
+        grad_norm = self.clip_and_step(loss, cfg.max_grad_norm)
+        self.updates += 1
+        if self.updates % cfg.target_update_interval == 0:
+            self.target.load_state_dict(self.network.state_dict())
+        return {"loss": float(loss.detach()), "loss_q": float(loss.detach()), "q_taken_mean": float(q_taken.detach().mean()),
+                "target_mean": float(targets.mean()), "grad_norm": grad_norm, "lr": lr,
+                "epsilon": self.epsilon() if cfg.exploration == "epsilon_greedy" else 0.0}
+
+    def td_loss(self, q: Tensor, batch: ReplaySample) -> tuple[Tensor, Tensor, Tensor]:
+        """The n-step soft (or hard) TD loss of ``q``, the online network's Q-values at the
+        batch's observations, against the target network's backup; with the taken actions'
+        values and the targets."""
+        cfg = self.config
         q_taken = q.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
             q_boot = self.target(batch.bootstrap_obs)
@@ -188,15 +203,7 @@ class SoftQ(Agent):
             targets = losses.nstep_soft_targets(
                 batch.rewards.to(self.dtype), batch.kl.to(self.dtype), batch.terminated, batch.truncated,
                 boot_value.unsqueeze(0).expand(window, -1), cfg.gamma, cfg.tau if soft else 0.0)[0]
-        loss = losses.soft_q_loss(q_taken, targets)
-        lr = self._set_lr(cfg.lr, cfg.lr_decay)
-        grad_norm = self.clip_and_step(loss, cfg.max_grad_norm)
-        self.updates += 1
-        if self.updates % cfg.target_update_interval == 0:
-            self.target.load_state_dict(self.network.state_dict())
-        return {"loss": float(loss.detach()), "loss_q": float(loss.detach()), "q_taken_mean": float(q_taken.detach().mean()),
-                "target_mean": float(targets.mean()), "grad_norm": grad_norm, "lr": lr,
-                "epsilon": self.epsilon() if cfg.exploration == "epsilon_greedy" else 0.0}
+        return losses.soft_q_loss(q_taken, targets), q_taken, targets
 
     # ---- state -----------------------------------------------------------------------
     def extra_state(self) -> dict[str, Tensor]:
