@@ -33,7 +33,6 @@ import torch
 from paired_speed import SOFT_Q_SETTINGS  # benchmarks/ is on the path when this script runs
 from torch import nn
 
-from equirl.agents import losses
 from equirl.agents.base import ObsInfo, ReplaySample
 from equirl.zoo import presets
 from equirl.zoo.envs import spec_from_id
@@ -77,15 +76,7 @@ def update(agent, batch: ReplaySample) -> torch.Tensor:
     no Python decision on a tensor's value, so that it can be captured. The caller sets the
     gradients to None first (in capture: once, before it)."""
     cfg = agent.config
-    q = agent.network(batch.obs)
-    q_taken = q.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
-    with torch.no_grad():
-        boot_value = losses.soft_value(agent.target(batch.bootstrap_obs), cfg.tau, agent.log_ref)
-        window = batch.rewards.shape[0]
-        targets = losses.nstep_soft_targets(
-            batch.rewards.to(agent.dtype), batch.kl.to(agent.dtype), batch.terminated, batch.truncated,
-            boot_value.unsqueeze(0).expand(window, -1), cfg.gamma, cfg.tau)[0]
-    loss = losses.soft_q_loss(q_taken, targets)
+    loss = agent.td_loss(agent.network(batch.obs), batch)[0]
     loss.backward()
     params = [p for p in agent.network.parameters() if p.grad is not None]
     norm = nn.utils.get_total_norm([p.grad for p in params])

@@ -7,7 +7,10 @@ the envs step) at DQN's replay ratio (4 envs, one update of batch 32 per vector 
 paired_speed.py pairs it with SB3's DQN.
 
     .venv/bin/python benchmarks/profile_update.py --agent a3c [--bf16] [--table]
-    .venv/bin/python benchmarks/profile_update.py --agent soft-q --updates 400
+    .venv/bin/python benchmarks/profile_update.py --agent soft-q --updates 400 [--no-env]
+
+``--no-env`` (soft-q) times the loop without the emulators: after the warm-up, ``send`` does
+nothing and ``recv`` returns the last real step again, so what remains is torch and the replay.
 """
 from __future__ import annotations
 
@@ -37,6 +40,14 @@ def filled_replay(agent, env, cfg) -> tuple[ReplayCollector, ReplayBuffer]:
     return collector, replay
 
 
+def without_emulation(env) -> None:
+    """From now on ``env.send`` does nothing and ``env.recv`` returns one real step again."""
+    env.send(0, np.zeros(env.num_envs, dtype=np.int64))
+    last = env.recv(0)
+    env.send = lambda group, actions, release_cores=True: None
+    env.recv = lambda group: last
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agent", default="a3c", choices=["a3c", "matched-q", "entropy-pg", "soft-q"])
@@ -44,10 +55,14 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=50)
     parser.add_argument("--table", action="store_true", help="also print torch's operator table")
     parser.add_argument("--bf16", action="store_true", help="the CNN under bfloat16 autocast")
+    parser.add_argument("--no-env", action="store_true",
+                        help="soft-q: after the warm-up, no emulation (send does nothing, recv repeats the last step)")
     args = parser.parse_args()
     heap.keep_freed_blocks()  # as train() does
     spec = spec_from_id(args.env)
     soft_q = args.agent == "soft-q"
+    if args.no_env and not soft_q:
+        parser.error("--no-env is for soft-q")
     cfg = presets.make_config(args.agent, presets.family_of(spec.kind), bf16=args.bf16,
                               **(SOFT_Q_SETTINGS if soft_q else {}))
     env = make_vector_env(spec, cfg.num_envs)
@@ -106,6 +121,8 @@ def main() -> None:
         transitions = cfg.num_envs * cfg.n_steps
     for i in range(10 + args.updates):
         if i == 10:
+            if args.no_env:
+                without_emulation(env)
             times = dict.fromkeys(times, 0.0)
         start = time.perf_counter()
         iteration()

@@ -1,6 +1,7 @@
 """The shared act/learn interface, Atari smoke runs, determinism and pickle-freedom."""
 from __future__ import annotations
 
+import copy
 import pickle
 
 import numpy as np
@@ -260,14 +261,40 @@ def test_adam_steps_are_torchs_fused_adams_bit_for_bit_without_copying_gradients
         mine.step()
 
 
+def test_a_deep_copy_of_adam_steps_as_the_original_does():
+    """copy.deepcopy (of an agent, say) keeps equirl's Adam working: torch's __getstate__ drops
+    the cache of flat views, which the copy must rebuild for its own parameters."""
+    from equirl.agents.optim import Adam
+
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(8, 4, 3, 3, generator=gen).contiguous(memory_format=torch.channels_last).requires_grad_(),
+              torch.randn(8, generator=gen).requires_grad_()]
+    adam = Adam(params, lr=1e-3, eps=1.5e-4)
+
+    def step(tensors, optimizer, grads):
+        for p, g in zip(tensors, grads):
+            p.grad = g.clone(memory_format=torch.preserve_format)
+        optimizer.step()
+
+    def random_grads():
+        return [torch.randn(p.shape, generator=gen).contiguous(memory_format=torch.preserve_format) for p in params]
+
+    for _ in range(3):
+        step(params, adam, random_grads())
+    twin_params, twin = copy.deepcopy((params, adam))  # the copy's state is keyed by the copied tensors
+    for _ in range(3):
+        grads = random_grads()
+        step(params, adam, grads)
+        step(twin_params, twin, grads)
+        assert all(torch.equal(p, q) for p, q in zip(params, twin_params))
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(params, twin_params))
+
 @pytest.mark.parametrize("scale", [1e-3, 1e3, float("nan")], ids=["within", "clipped", "nan"])
 @pytest.mark.parametrize("agent_id", ["a3c", "soft-q"])
 def test_gradient_clipping_is_torchs_bit_for_bit(agent_id, scale, monkeypatch):
     """clip_and_step skips torch's multiplication by 1 on CPU where the norm is within the limit:
     the step, the norm and the optimizer state stay those of clip_grad_norm_ with the same
     optimizer (RMSprop, Adam), whether the gradient is within the limit, clipped, or NaN."""
-    import copy
-
     from equirl.agents import ObsInfo
     from equirl.agents.networks import default_trunk_spec
     from equirl.zoo.presets import make_config

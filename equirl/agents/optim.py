@@ -98,6 +98,12 @@ class Adam(_StateInParameterLayout, torch.optim.Adam):
         # when the state's tensors are replaced (load_state_dict) or the parameter's memory is.
         self._views: dict[torch.Tensor, tuple] = {}
 
+    def __setstate__(self, state: dict) -> None:
+        # copy.deepcopy and pickle go through torch's __getstate__, which keeps only defaults,
+        # state and param_groups: the copy starts with an empty cache (its parameters are new).
+        super().__setstate__(state)
+        self._views = {}
+
     def _flat(self, param: torch.Tensor, state: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cached = self._views.get(param)
         if cached is None or cached[1] is not state["exp_avg"] or cached[2] is not state["exp_avg_sq"] \
