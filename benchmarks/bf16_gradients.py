@@ -32,11 +32,11 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from profile_update import filled_replay  # benchmarks/ is on the path when this script runs
 
 import equirl
 from equirl.agents.a3c import entropy_regularized_pg_loss
-from equirl.zoo.replay import ReplayBuffer
-from equirl.zoo.rollout import OnPolicyCollector, ReplayCollector
+from equirl.zoo.rollout import OnPolicyCollector
 
 LAYERS = ("conv1", "conv2", "conv3", "fc")
 CHOICES = {"all bf16": LAYERS, "all but conv1": LAYERS[1:], "conv3 and fc": LAYERS[2:], "conv1 only": ("conv1",),
@@ -127,11 +127,7 @@ def replay_batches(agent, count: int, seed: int, vector_steps: int = 2500) -> li
     acted on by its own (Boltzmann) policy."""
     cfg = agent.config
     env = agent.make_env(num_envs=cfg.num_envs)
-    replay = ReplayBuffer(vector_steps * cfg.num_envs, cfg.num_envs, env.obs_info.shape, env.obs_info.dtype,
-                          frame_stack=True)
-    collector = ReplayCollector(env, seed)
-    for _ in range(vector_steps):
-        collector.step(agent, replay)
+    _, replay = filled_replay(agent, env, cfg, vector_steps, seed)
     env.close()
     rng = np.random.default_rng(seed)
     return [replay.sample(cfg.batch_size, cfg.n_steps, rng, agent.to_tensor, agent.device) for _ in range(count)]

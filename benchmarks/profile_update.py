@@ -31,11 +31,12 @@ from equirl.zoo.rollout import OnPolicyCollector, ReplayCollector
 from equirl.zoo.train import build_agent
 
 
-def filled_replay(agent, env, cfg) -> tuple[ReplayCollector, ReplayBuffer]:
-    """soft-q's collector and a replay buffer stepped past ``learning_starts`` (plain steps)."""
-    collector = ReplayCollector(env, 0)
+def filled_replay(agent, env, cfg, vector_steps: int | None = None, seed: int = 0) -> tuple[ReplayCollector, ReplayBuffer]:
+    """soft-q's collector and a replay buffer of ``cfg.buffer_size`` filled by the agent's own
+    plain steps: ``vector_steps`` of them, by default just past ``learning_starts``."""
+    collector = ReplayCollector(env, seed)
     replay = ReplayBuffer(cfg.buffer_size, env.num_envs, env.obs_info.shape, env.obs_info.dtype, frame_stack=True)
-    for _ in range(cfg.learning_starts // env.num_envs + 10):
+    for _ in range(cfg.learning_starts // env.num_envs + 10 if vector_steps is None else vector_steps):
         collector.step(agent, replay)
     return collector, replay
 
