@@ -2,7 +2,7 @@
 that follows a step is drawn before acting, goes through the network in acting's forward pass
 (QNetwork.forward_recorded; the update replays the backward), and the update runs while the envs
 emulate. Checked against the plain order (act, step, store, sample, learn, each forward fresh):
-the same actions and the same weights, bit for bit in float32 on CPU, and records never used for
+the same actions and the same weights, bit for bit in float32 and bf16 on CPU, and records never used for
 another batch or with other weights."""
 from __future__ import annotations
 
@@ -39,12 +39,15 @@ def _batch(gen) -> ReplaySample:
                         terminated, truncated, _pixels(gen, BATCH))
 
 
-@pytest.mark.parametrize("float64", [False, True])
-def test_an_update_learning_from_acting_s_pass_equals_the_plain_one(float64, trunk_calls):
+@pytest.mark.parametrize("precision", ["float32", "float64", "bf16"])
+def test_an_update_learning_from_acting_s_pass_equals_the_plain_one(precision, trunk_calls):
     """Acting with the next batch's observations, then learning that batch, gives the actions,
     KLs, metrics and weights of acting alone then learning with a fresh forward: bit for bit in
-    float32 (oneDNN computes each row alike whatever the batch), to rounding in float64."""
-    merged, plain = _agent(float64), _agent(float64)
+    float32 and bf16 (oneDNN computes each row alike whatever the batch, from 2 rows on; the
+    bf16 replay's backward is autocast's), to rounding in float64."""
+    float64 = precision == "float64"
+    values = {"bf16": True} if precision == "bf16" else {}
+    merged, plain = _agent(float64, **values), _agent(float64, **values)
     plain.load_weights(merged.weights())
     calls = trunk_calls
     for update in range(4):
@@ -108,13 +111,35 @@ def test_a_newer_recording_voids_an_older_one():
     assert net.forward_replayed(second, slice(1, None)).shape == (4, A)
 
 
-def test_bf16_and_mlp_q_networks_do_not_record():
-    gen = torch.Generator().manual_seed(4)
-    for net, obs in ((QNetwork(default_trunk_spec((4, 84, 84), "uint8"), A, bf16=True), _pixels(gen, 2)),
-                     (QNetwork(default_trunk_spec((4,), "float32"), 2), torch.randn(2, 4, generator=gen))):
-        assert not net.recordable
-        q, record = net.forward_recorded(obs)
-        assert record is None and torch.equal(q, net(obs).detach())
+def test_mlp_q_networks_do_not_record():
+    net, obs = QNetwork(default_trunk_spec((4,), "float32"), 2), torch.randn(2, 4, generator=torch.Generator())
+    assert not net.recordable
+    q, record = net.forward_recorded(obs)
+    assert record is None and torch.equal(q, net(obs).detach())
+
+
+def test_a_bf16_replay_s_gradient_is_autocast_s_bit_for_bit():
+    """A bf16 Q-network records bfloat16 activations; the replayed backward on any rows of the
+    pass gives the float32 gradient of a fresh autocast forward+backward on those rows, and the
+    recorded pass the gradient-free forward's Q-values."""
+    torch.manual_seed(0)
+    net = QNetwork(default_trunk_spec((4, 84, 84), "uint8"), A, bf16=True)
+    gen = torch.Generator().manual_seed(5)
+    for acting, batch in ((4, 32), (2, 3)):
+        obs, learn_obs = _pixels(gen, acting), _pixels(gen, batch)
+        q, record = net.forward_recorded(torch.cat([obs, learn_obs]))
+        assert net._activations.conv1.dtype == torch.bfloat16  # recorded as autocast computed them
+        with torch.no_grad():
+            assert torch.equal(q, net(torch.cat([obs, learn_obs])))
+        weights = torch.randn(batch, A, generator=gen)
+        net.zero_grad()
+        (net.forward_replayed(record, slice(acting, None)) * weights).sum().backward()
+        got = [p.grad.clone() for p in net.parameters()]
+        net.zero_grad()
+        (net(learn_obs) * weights).sum().backward()  # autocast
+        for (name, p), g in zip(net.named_parameters(), got):
+            assert g.dtype == torch.float32 and g.abs().max() > 0, name
+            assert torch.equal(g, p.grad), name
 
 
 def _plain_step(self, agent, replay, next_batch=None, learn=None):
@@ -135,6 +160,7 @@ def _plain_step(self, agent, replay, next_batch=None, learn=None):
     (2, {}),  # one update a vector step, merged with acting
     (1, {}),  # two: the first merged, the second plain
     (2, {"n_steps": 3, "exploration": "epsilon_greedy", "backup": "hard"}),  # 3-step windows, DQN's exploration
+    (2, {"bf16": True}),  # bfloat16 activations recorded, autocast's backward replayed
 ])
 def test_pipelined_training_learns_the_weights_of_the_plain_order(train_freq, extra, monkeypatch, q_replay_uses):
     values = {"num_envs": 2, "batch_size": 8, "learning_starts": 40, "train_freq": train_freq,

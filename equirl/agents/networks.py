@@ -142,17 +142,23 @@ class _TrunkBackward(torch.autograd.Function):
     features, backward is the trunk's backward, by the kernels autograd itself would call for
     these layers (threshold_backward for ReLU, :class:`_FcAsConv`'s or mm for the FC layer,
     convolution_backward), so the gradient is the one a fresh forward would give
-    (tests/test_acting_replay.py).
+    (tests/test_acting_replay.py). A bf16 trunk's record is its bfloat16 activations: the
+    backward then runs on them with the bfloat16 weights they were computed with and returns
+    float32 gradients, as autocast's backward does (the casts' backward included), bit for bit
+    (tests/test_soft_q_pipeline.py).
 
     Why: an on-policy update's forward pass recomputes exactly what acting computed with the
     same weights moments before. Skipping it took an a3c update's learning from ~32 to ~22 ms
     of ~58 on a 2-core CPU (BENCHMARKS.md)."""
 
     @staticmethod
-    def forward(ctx, layers, pixels, conv1, conv2, conv3, features, *params):
-        ctx.layers = layers
-        ctx.fc_as_conv = _fc_on_onednn(params[6])
+    def forward(ctx, layers, bf16_weights, pixels, conv1, conv2, conv3, features, *params):
+        # bf16_weights: the bfloat16 copies (weight, bias, ...) the recorded pass ran with, or None.
+        ctx.layers, ctx.bf16_weights = layers, bf16_weights
+        ctx.fc_as_conv = bf16_weights is None and _fc_on_onednn(params[6])
         ctx.save_for_backward(pixels, conv1, conv2, conv3, features, *params)
+        if bf16_weights is not None:
+            return features.float()  # what autocast's forward returns to the float32 head
         return features  # returned as a view of the recorded buffer (autograd does so for an input): no copy
 
     @staticmethod
@@ -160,8 +166,9 @@ class _TrunkBackward(torch.autograd.Function):
     def backward(ctx, grad_features):
         pixels, conv1, conv2, conv3, features, *params = ctx.saved_tensors
         c1, c2, c3, _ = ctx.layers
-        weights = params[0::2]
-        grad = torch.ops.aten.threshold_backward(grad_features, features, 0)
+        weights = (params if ctx.bf16_weights is None else ctx.bf16_weights)[0::2]
+        grad = grad_features if ctx.bf16_weights is None else grad_features.to(torch.bfloat16)
+        grad = torch.ops.aten.threshold_backward(grad, features, 0)
         if ctx.fc_as_conv:
             grad_fc = (_fc_weight_grad(grad, conv3), grad.sum(0))
             grad = _fc_input_grad(grad, conv3, weights[3])
@@ -177,7 +184,10 @@ class _TrunkBackward(torch.autograd.Function):
                 False, [0, 0], conv.groups, [conv is not c1, True, True])
             grads.append((grad_w, grad_b))
         (gf_w, gf_b), (g3_w, g3_b), (g2_w, g2_b), (g1_w, g1_b) = grads
-        return (None,) * 6 + (g1_w, g1_b, g2_w, g2_b, g3_w, g3_b, gf_w, gf_b)
+        grads = (g1_w, g1_b, g2_w, g2_b, g3_w, g3_b, gf_w, gf_b)
+        if ctx.bf16_weights is not None:  # the backward of autocast's casts of the float32 weights
+            grads = tuple(g.to(p.dtype) for g, p in zip(grads, params))
+        return (None,) * 7 + grads
 
 
 def _conv_out_hw(height_width: Sequence[int], conv: nn.Conv2d) -> tuple[int, int]:
@@ -253,7 +263,10 @@ class NatureCNN(nn.Module):
         """Whether ``buffers`` are :meth:`activation_buffers` of ``rows`` rows for this trunk's
         weights on ``like``'s device (else make new ones)."""
         return buffers is not None and len(buffers.features) == rows and buffers.pixels.device == like.device \
-            and buffers.pixels.dtype == self.fc[0].weight.dtype
+            and buffers.pixels.dtype == self._activation_dtype()
+
+    def _activation_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.bf16 else self.fc[0].weight.dtype
 
     def activation_buffers(self, rows: int, like: Tensor) -> TrunkActivations:
         """Uninitialised storage for ``rows`` rows of activations, in the layouts the forward
@@ -263,7 +276,7 @@ class NatureCNN(nn.Module):
         hw2 = _conv_out_hw(hw1, c2)
 
         def empty(*shape: int, channels_last: bool = False) -> Tensor:
-            return torch.empty(shape, device=like.device, dtype=fc.weight.dtype,
+            return torch.empty(shape, device=like.device, dtype=self._activation_dtype(),
                                memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
         return TrunkActivations(empty(rows, c1.in_channels, *self._height_width, channels_last=True),
@@ -273,15 +286,17 @@ class NatureCNN(nn.Module):
 
     @torch.no_grad()
     def forward_recorded(self, obs: Tensor, out: TrunkActivations) -> Tensor:
-        """:meth:`forward` without gradient (float32/float64), writing the activations its
-        backward needs into ``out`` (rows of :meth:`activation_buffers`), so that a later
-        :meth:`replay` runs that backward without running the forward again. The same
-        operations and values as ``forward`` (ReLU is clamp_min(x, 0) in aten), written in place:
-        fresh tensors kept alive for the update, then concatenated, cost more than the forward."""
+        """:meth:`forward` without gradient, writing the activations its backward needs into
+        ``out`` (rows of :meth:`activation_buffers`), so that a later :meth:`replay` runs that
+        backward without running the forward again. The same operations and values as
+        ``forward`` (ReLU is clamp_min(x, 0) in aten), written in place: fresh tensors kept
+        alive for the update, then concatenated, cost more than the forward. A bf16 trunk
+        records its bfloat16 activations (the gradient-free forward's, which are autocast's)."""
+        x = self._pixels(obs, out.pixels)
         if self.bf16:
-            raise ValueError("forward_recorded runs float32/float64 trunks only (bf16 acting uses other weights)")
+            return self._forward_bf16_weights(x, out)
         c1, c2, c3, _ = self._layers
-        h1 = torch.clamp_min(c1(self._pixels(obs, out.pixels)), 0, out=out.conv1)
+        h1 = torch.clamp_min(c1(x), 0, out=out.conv1)
         h2 = torch.clamp_min(c2(h1), 0, out=out.conv2)
         h3 = torch.clamp_min(c3(h2), 0, out=out.conv3)
         return self._fc_relu(h3, out.features)
@@ -292,18 +307,21 @@ class NatureCNN(nn.Module):
         forward's arithmetic skipped. The caller makes sure the weights have not changed since
         recording (see ActorCriticNetwork.forward_replayed)."""
         params = [p for layer in self._layers for p in (layer.weight, layer.bias)]
-        return _TrunkBackward.apply(self._layers, *recorded, *params)
+        bf16_weights = tuple(t for pair in self._bf16_layers() for t in pair) if self.bf16 else None
+        return _TrunkBackward.apply(self._layers, bf16_weights, *recorded, *params)
 
-    def _forward_bf16_weights(self, x: Tensor) -> Tensor:
+    def _forward_bf16_weights(self, x: Tensor, out: TrunkActivations | None = None) -> Tensor:
         """What the autocast forward computes, bit for bit, with the weights cast once per
         weight update instead of once per call. Acting runs this (no gradient): autocast would
         re-cast all weights, the 1.6M-parameter FC above all, on every step; this is 27% off a
-        16-frame forward and 42% off a 1-frame one on CPU (BENCHMARKS.md)."""
+        16-frame forward and 42% off a 1-frame one on CPU (BENCHMARKS.md). ``out``: write the
+        activations there (:meth:`forward_recorded`)."""
         *convs, fc = self._bf16_layers()
-        for (weight, bias), conv in zip(convs, self._layers):
-            x = F.relu(F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation))
+        outs = (None,) * 4 if out is None else out[1:]
+        for (weight, bias), conv, dst in zip(convs, self._layers, outs):
+            x = torch.clamp_min(F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation), 0, out=dst)
         weight, bias = fc  # FcOverMap's, channels-last: linear on (h, w, c) rows as it runs it
-        return F.relu(F.linear(_hwc(x), _hwc(weight), bias)).float()
+        return torch.clamp_min(F.linear(_hwc(x), _hwc(weight), bias), 0, out=outs[3]).float()
 
     def _bf16_layers(self) -> list[tuple[Tensor, Tensor]]:
         # Valid while every parameter is the same storage at the same version: any in-place
@@ -374,8 +392,8 @@ class QNetwork(nn.Module):
     # ---- acting and the next update's forward in one pass -------------------------------------
     @property
     def recordable(self) -> bool:
-        """Whether a forward can record its trunk activations (float32/float64 Nature CNNs)."""
-        return isinstance(self.trunk, NatureCNN) and not self.trunk.bf16
+        """Whether a forward can record its trunk activations (Nature CNNs)."""
+        return isinstance(self.trunk, NatureCNN)
 
     @torch.no_grad()
     def forward_recorded(self, obs: Tensor) -> tuple[Tensor, QRecord | None]:

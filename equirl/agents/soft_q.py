@@ -77,7 +77,9 @@ class SoftQConfig:
     on Pong the actor-critic agents' bf16 gradient drifts from float32's as play improves and
     their one bf16 run scored 5.53 where float32 scored 18-20. soft-q's bf16 gradient on trained
     Pong states is 4-7% off float32's in directions that change from batch to batch (a3c's: 19%,
-    in a consistent one); its learning against float32's is in BENCHMARKS.md."""
+    in a consistent one); its learning against float32's is in BENCHMARKS.md. Acting's pass
+    over the next batch is recorded in bfloat16 and the update replays autocast's backward
+    (the same gradients, bit for bit), as float32 does."""
 
     def validate(self) -> None:
         checks = {
@@ -134,9 +136,10 @@ class SoftQ(Agent):
         ``learn_obs``: the observations of the batch the next :meth:`learn` will get (sampled
         before acting: ReplayCollector.step). With the same weights, the network's pass over
         them runs with acting's, in one call, and that :meth:`learn` replays its backward
-        instead of running the forward again (the same values, bit for bit: oneDNN computes
-        each row alike whatever the batch; tests/test_soft_q_pipeline.py). 0.25-0.55 ms of a
-        ~16 ms vector step on 2 CPU cores (BENCHMARKS.md)."""
+        instead of running the forward again (the same values, bit for bit, in float32 and in
+        bf16: oneDNN computes each row alike whatever the batch, once there are 2 rows or more;
+        a 1-row pass can round differently; tests/test_soft_q_pipeline.py). 0.25-0.55 ms of a
+        ~16 ms vector step on 2 CPU cores in float32, ~0.5-1 ms of ~11 in bf16 (BENCHMARKS.md)."""
         obs = self.to_tensor(obs)
         self._record = None
         if learn_obs is not None and self.network.recordable:
