@@ -3,13 +3,14 @@
 Loads another checkout's equirl package next to this one (as ``equirl_base``), builds the same
 agent from each with the same seed and settings (paired_speed.py's: A2C's for the on-policy
 agents, DQN's replay ratio for soft-q), and times them in alternating blocks of updates on one
-Pong vector env: soft-q's acting (``act_for_training``) and its learning step on a sampled batch,
+Pong vector env: soft-q's acting (``act_for_training`` with the next batch's observations, as the
+collector calls it) and its learning step on that batch,
 an on-policy agent's rollout collection (emulator included) and its update. On a shared, noisy
 host, separate processes moved by 10-20% from run to run; blocks alternated within one process
 resolve differences of a few percent (BENCHMARKS.md).
 
     git worktree add /tmp/base <revision>
-    .venv/bin/python benchmarks/ab_update.py --base /tmp/base --agent soft-q [--rounds 12] [--updates 50]
+    .venv/bin/python benchmarks/ab_update.py --base /tmp/base --agent soft-q [--rounds 12] [--updates 50] [--bf16]
 
 Both checkouts must share the collector interface (the env, replay and collector are this
 checkout's; each agent acts and learns with its own package's code).
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("--env", default="PongNoFrameskip-v4")
     parser.add_argument("--rounds", type=int, default=12, help="blocks per version, alternated")
     parser.add_argument("--updates", type=int, default=50, help="timed updates per block (after 10 untimed)")
+    parser.add_argument("--bf16", action="store_true", help="both versions with bf16=True")
     args = parser.parse_args()
     if not (args.base / "equirl" / "__init__.py").is_file():
         parser.exit(2, f"ab_update: error: --base {args.base}: no equirl package there\n")
@@ -60,7 +62,7 @@ def main() -> None:
     importlib.import_module("equirl_base.zoo.train")
     heap.keep_freed_blocks()  # as train() does
     soft_q = args.agent == "soft-q"
-    settings = SOFT_Q_SETTINGS if soft_q else A2C_SETTINGS
+    settings = {**(SOFT_Q_SETTINGS if soft_q else A2C_SETTINGS), **({"bf16": True} if args.bf16 else {})}
     spec = spec_from_id(args.env)
     cfg = presets.make_config(args.agent, presets.family_of(spec.kind), **settings)
     env = make_vector_env(spec, cfg.num_envs)
@@ -79,13 +81,18 @@ def main() -> None:
         for _ in range(cfg.learning_starts // env.num_envs + 10):
             collector.step(agents["this"], replay)
 
+        # The env steps with a third agent of this checkout that never learns (untimed), so both
+        # versions see the same stream and their own acting records stay theirs.
+        stepper = build_agent(args.agent, cfg, spec, env.obs_info, env.num_actions, torch.device("cpu"), 0)
+
         def update(agent) -> tuple[float, float]:
-            # The env steps with this checkout's agent (untimed), so both see the same stream.
-            start = time.perf_counter()
-            agent.act_for_training(collector.obs)
-            acted = time.perf_counter()
-            collector.step(agents["this"], replay)
+            # As ReplayCollector.step orders it: the batch is drawn first and goes through acting's
+            # forward pass, which the update then replays (a version that records).
             batch = replay.sample(cfg.batch_size, cfg.n_steps, rng, agent.to_tensor, agent.device)
+            start = time.perf_counter()
+            agent.act_for_training(collector.obs, batch.obs)
+            acted = time.perf_counter()
+            collector.step(stepper, replay)
             learn = time.perf_counter()
             agent.learn(batch)
             return acted - start, time.perf_counter() - learn

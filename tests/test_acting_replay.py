@@ -1,8 +1,8 @@
 """On-policy updates reuse acting's forward pass (ActorCriticNetwork.forward_replayed): the
 backward runs from the trunk activations recorded while acting, instead of a second forward
-over the segment. Checked against the plain path (a fresh forward with autograd) in float64:
-the same actions, the same gradients, the same weights after the step; and records made with
-other weights are never used."""
+over the segment. Checked against the plain path (a fresh forward with autograd) in float64,
+and bit for bit in bf16 (autocast's forward and backward): the same actions, the same gradients,
+the same weights after the step; and records made with other weights are never used."""
 from __future__ import annotations
 
 import pytest
@@ -16,8 +16,8 @@ from equirl.zoo.train import train
 T, B, A = 5, 3, 6
 
 
-def _agent(agent_id: str, values: dict, float64: bool = True):
-    config = make_config(agent_id, "atari", float64=float64, num_envs=B, **values)
+def _agent(agent_id: str, values: dict, float64: bool = True, **more):
+    config = make_config(agent_id, "atari", float64=float64, num_envs=B, **values, **more)
     spec = {"trunk": default_trunk_spec((4, 84, 84), "uint8")}
     return AGENTS[agent_id](config, ObsInfo((4, 84, 84), "uint8"), A, spec, "cpu", 0)
 
@@ -54,9 +54,14 @@ AGENT_CASES = [
 ]
 
 
+@pytest.mark.parametrize("precision", ["float64", "bf16"])
 @pytest.mark.parametrize("agent_id,values", AGENT_CASES)
-def test_replayed_update_equals_a_fresh_forward_in_float64(agent_id, values, trunk_calls):
-    replaying, plain = _agent(agent_id, values), _agent(agent_id, values)
+def test_replayed_update_equals_a_fresh_forward(agent_id, values, precision, trunk_calls):
+    """float64: to rounding. bf16: bit for bit, acting's recorded bfloat16 pass (the cached
+    bfloat16 weights, 3 rows a call) against the update's autocast forward of all 15 rows."""
+    bf16 = precision == "bf16"
+    more = {"float64": False, "bf16": True} if bf16 else {}
+    replaying, plain = _agent(agent_id, values, **more), _agent(agent_id, values, **more)
     plain.load_weights(replaying.weights())
     calls = trunk_calls
     for update in range(3):
@@ -72,11 +77,16 @@ def test_replayed_update_equals_a_fresh_forward_in_float64(agent_id, values, tru
         calls.calls = 0
         want = plain.learn(reference)
         assert calls.calls == 2 * trunks
+        if bf16:
+            assert got == want
         for name in want:
             assert got[name] == pytest.approx(want[name], rel=1e-12, abs=1e-15), name
         for (name, p), q in zip(replaying.network.named_parameters(), plain.network.parameters()):
             scale = q.grad.abs().max().item()
             assert scale > 0, name  # every layer gets a gradient, conv1 included
+            if bf16:
+                assert torch.equal(p.grad, q.grad) and torch.equal(p, q), name
+                continue
             assert (p.grad - q.grad).abs().max().item() <= 1e-12 * scale, name
             # One RMSprop step (at most ~10 lr = 7e-3 per weight early on): equal to float64 rounding.
             assert (p - q).abs().max().item() <= 1e-12, name
@@ -129,10 +139,10 @@ def test_float32_replay_matches_the_fresh_forward():
         assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6 * p.grad.abs().max().item()), name
 
 
-def test_bf16_trunks_do_not_record():
-    net = ActorCriticNetwork(default_trunk_spec((4, 84, 84), "uint8"), A, bf16=True)
+def test_mlp_trunks_do_not_record():
+    net = ActorCriticNetwork(default_trunk_spec((4,), "float32"), A)
     assert not net.recordable
-    logits, values, record = net.forward_recorded(_pixels(torch.Generator().manual_seed(0), 2), 0, 1)
+    logits, values, record = net.forward_recorded(torch.randn(2, 4, generator=torch.Generator()), 0, 1)
     assert record is None and logits.shape == (2, A) and values.shape == (2,)
 
 

@@ -457,9 +457,8 @@ class ActorCriticNetwork(nn.Module):
     # ---- acting once, learning from the same pass -------------------------------------------
     @property
     def recordable(self) -> bool:
-        """Whether acting can record its trunk activations (float32/float64 Nature CNNs)."""
-        trunk = self.trunk
-        return isinstance(trunk, NatureCNN) and not trunk.bf16
+        """Whether acting can record its trunk activations (Nature CNNs)."""
+        return isinstance(self.trunk, NatureCNN)
 
     @torch.no_grad()
     def forward_recorded(self, obs: Tensor, step: int, steps: int, offset: int = 0,
