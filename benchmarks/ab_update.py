@@ -13,7 +13,8 @@ resolve differences of a few percent (BENCHMARKS.md).
     .venv/bin/python benchmarks/ab_update.py --base /tmp/base --agent soft-q [--rounds 12] [--updates 50] [--bf16]
 
 Both checkouts must share the collector interface (the env, replay and collector are this
-checkout's; each agent acts and learns with its own package's code).
+checkout's; each agent acts and learns with its own package's code); for soft-q, a base from
+c4caadd on (``act_for_training`` takes the next batch's observations).
 """
 from __future__ import annotations
 

@@ -139,7 +139,7 @@ class SoftQ(Agent):
         instead of running the forward again (the same values, bit for bit, in float32 and in
         bf16: oneDNN computes each row alike whatever the batch, once there are 2 rows or more;
         a 1-row pass can round differently; tests/test_soft_q_pipeline.py). 0.25-0.55 ms of a
-        ~16 ms vector step on 2 CPU cores in float32, ~0.5-1 ms of ~11 in bf16 (BENCHMARKS.md)."""
+        ~16 ms vector step on 2 CPU cores in float32, 0.2-0.6 ms of ~9-11 in bf16 (BENCHMARKS.md)."""
         obs = self.to_tensor(obs)
         self._record = None
         if learn_obs is not None and self.network.recordable:
