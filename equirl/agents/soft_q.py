@@ -77,9 +77,10 @@ class SoftQConfig:
     on Pong the actor-critic agents' bf16 gradient drifts from float32's as play improves and
     their one bf16 run scored 5.53 where float32 scored 18-20. soft-q's bf16 gradient on trained
     Pong states is 4-7% off float32's in directions that change from batch to batch (a3c's: 19%,
-    in a consistent one); its learning against float32's is in BENCHMARKS.md. Acting's pass
-    over the next batch is recorded in bfloat16 and the update replays autocast's backward
-    (the same gradients, bit for bit), as float32 does."""
+    in a consistent one), yet its one 3M-step Pong run plateaued at greedy scores of 2-4 where
+    float32 reached 18 (one seed each; BENCHMARKS.md). Acting's pass over the next batch is
+    recorded in bfloat16 and the update replays autocast's backward (the same gradients, bit
+    for bit), as float32 does."""
 
     def validate(self) -> None:
         checks = {
