@@ -1,5 +1,6 @@
-"""The Nature CNN's FC layer (3136 -> 512) on CPU: torch's linear/mm (MKL) against the
-convolutions equirl runs it as (equirl/agents/networks.py, _FcAsConv), per call, on this host.
+"""The Nature CNN's FC layer (3136 -> 512) on CPU: torch's linear/mm (MKL) against the oneDNN
+calls equirl runs it as (equirl/agents/networks.py, _FcAsConv: the forward and the input gradient
+as convolutions, the weight gradient as oneDNN's matrix product), per call, on this host.
 
 Times the forward, the weight gradient and the input gradient at 4, 16, 32 and 80 rows (soft-q's
 acting and batch, a3c's acting step and update), in alternated rounds; prints the median of the
@@ -20,10 +21,20 @@ import equirl  # noqa: F401  (before torch: equirl sets OpenMP's wait settings)
 import torch
 import torch.nn.functional as F
 
+from equirl.agents import networks
 from equirl.agents.networks import _fc_input_grad, _fc_weight_grad
 from equirl.zoo import heap
 
 CL = torch.channels_last
+
+
+def weight_grad_as_convolution(grad: torch.Tensor, conv3: torch.Tensor) -> torch.Tensor:
+    """_fc_weight_grad's fallback, where torch lacks oneDNN's matrix product: a 1x1 convolution."""
+    onednn_linear, networks._ONEDNN_LINEAR = networks._ONEDNN_LINEAR, None
+    try:
+        return _fc_weight_grad(grad, conv3)
+    finally:
+        networks._ONEDNN_LINEAR = onednn_linear
 
 
 def mean_seconds(fn, calls: int) -> float:
@@ -50,11 +61,13 @@ def main() -> None:
         conv3 = torch.relu(torch.randn(rows, 64, 7, 7, generator=gen)).contiguous(memory_format=CL)
         flat = conv3.flatten(1)
         grad = torch.randn(rows, 512, generator=gen)
-        cases[f"forward, {rows} rows"] = (
+        cases[f"forward, {rows} rows: linear (MKL)"] = (
             lambda c=conv3: F.linear(c.flatten(1), weight, bias), lambda c=conv3: F.conv2d(c, kernel, bias))
-        cases[f"weight gradient, {rows} rows"] = (
+        cases[f"weight gradient, {rows} rows: mm (MKL)"] = (
             lambda g=grad, f=flat: g.t().mm(f), lambda g=grad, c=conv3: _fc_weight_grad(g, c))
-        cases[f"input gradient, {rows} rows"] = (
+        cases[f"weight gradient, {rows} rows: 1x1 convolution (the fallback)"] = (
+            lambda g=grad, c=conv3: weight_grad_as_convolution(g, c), lambda g=grad, c=conv3: _fc_weight_grad(g, c))
+        cases[f"input gradient, {rows} rows: mm (MKL)"] = (
             lambda g=grad: g.mm(weight), lambda g=grad, c=conv3: _fc_input_grad(g, c, kernel))
     times = {(name, i): [] for name in cases for i in (0, 1)}
     for _ in range(args.rounds):
@@ -68,12 +81,14 @@ def main() -> None:
     conv = 2 * 80 * 49 * w.numel() / mean_seconds(lambda: F.conv2d(x, w), 100) / 1e9
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; 1024^3 matmul (MKL) {gemm:.0f} GFLOP/s, "
           f"conv3 on 80 rows (oneDNN) {conv:.0f} GFLOP/s")
-    print(f"| FC layer, median of {args.rounds} rounds of {args.calls} calls | linear/mm (MKL) | as convolutions | ratio |")
-    print("|---|---|---|---|")
-    for name in cases:
-        conv_ms = 1000 * statistics.median(times[name, 1])
-        mkl_ms = 1000 * statistics.median(times[name, 0])
-        print(f"| {name} | {mkl_ms:.3f} ms | {conv_ms:.3f} ms | {mkl_ms / conv_ms:.2f}x |")
+    print(f"| FC layer, median of {args.rounds} rounds of {args.calls} calls: other path | other path | "
+          "equirl (oneDNN) | ratio | same values, bit for bit |")
+    print("|---|---|---|---|---|")
+    for name, (other, ours) in cases.items():
+        ours_ms = 1000 * statistics.median(times[name, 1])
+        other_ms = 1000 * statistics.median(times[name, 0])
+        same = torch.equal(other(), ours()) if "fallback" in name else "-"
+        print(f"| {name} | {other_ms:.3f} ms | {ours_ms:.3f} ms | {other_ms / ours_ms:.2f}x | {same} |")
 
 
 if __name__ == "__main__":

@@ -57,22 +57,34 @@ def _fc_input_grad(grad: Tensor, inputs: Tensor, kernel: Tensor) -> Tensor:
         [True, False, False])[0]
 
 
+# oneDNN's matrix product (the op torch's compiler calls for linear layers on CPU), where this
+# torch build has it: x86 builds with oneDNN do. Taken once, so a build without it falls back.
+_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+
+
 def _fc_weight_grad(grad: Tensor, inputs: Tensor) -> Tensor:
     """Gradient of :class:`_FcAsConv` with respect to its [out, C, H, W] kernel (channels-last, as
-    the weight is held): ``grad.T @ rows`` with the input's rows in (h, w, c) order, computed as a
-    1x1 convolution of one image whose H*W*C pixels have the N rows as channels, because that runs
-    in oneDNN (1.25x MKL's mm at 32 rows here, 1.6x at 80: benchmarks/fc_layer.py)."""
+    the weight is held): ``grad.T @ rows`` with the input's rows in (h, w, c) order, in oneDNN,
+    not MKL (MKL's mm ran at 0.5-0.8x oneDNN's speed on the AMD EPYC hosts: benchmarks/fc_layer.py).
+    As oneDNN's matrix product of ``grad.T`` with the rows' transpose (a strided view, no copy):
+    in the soft-q loop 0.35 ms at 32 rows against 0.61 as the 1x1 convolution of one image whose
+    H*W*C pixels have the N rows as channels (the fallback here), with the same values, bit for
+    bit, for the Nature CNN's 512 outputs at 1-256 rows (BENCHMARKS.md)."""
     rows, out = grad.shape
     flat = _hwc(inputs)  # a view: conv3's output is channels-last
-    kernel_rows = F.conv2d(flat.view(1, rows, 1, flat.shape[1]), grad.t().contiguous().view(out, rows, 1, 1))
+    if _ONEDNN_LINEAR is not None:
+        kernel_rows = _ONEDNN_LINEAR(grad.t(), flat.t(), None, "none", [], "")
+    else:
+        kernel_rows = F.conv2d(flat.view(1, rows, 1, flat.shape[1]), grad.t().contiguous().view(out, rows, 1, 1))
     return _from_hwc(kernel_rows.view(out, -1), inputs.shape[1:])
 
 
 class _FcAsConv(torch.autograd.Function):
     """The FC layer on conv3's [N, C, H, W] output as a convolution whose kernel (the weight, held
-    as [out, C, H, W] channels-last: :class:`FcOverMap`) covers the whole map; its backward
-    likewise in convolutions. The same maths as ``linear(x.flatten(1), weight.flatten(1))``,
-    summed in another order.
+    as [out, C, H, W] channels-last: :class:`FcOverMap`) covers the whole map; its backward in
+    oneDNN too (the input gradient as a convolution's, the weight gradient as oneDNN's matrix
+    product). The same maths as ``linear(x.flatten(1), weight.flatten(1))``, summed in another
+    order.
 
     Why: torch's CPU ``linear``/``mm`` call MKL's sgemm, which on the AMD EPYC hosts ran at
     about half the speed of oneDNN's convolutions (190 against 360-450 GFLOP/s on 2 cores: AVX2
