@@ -25,11 +25,19 @@ def _leaf_state(net: NatureCNN) -> dict:
     return {k: v.detach().double().requires_grad_() for k, v in net.state_dict().items()}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype,weight_grad", [(torch.float32, "onednn-matmul"), (torch.float32, "convolution"),
+                                               (torch.float64, "-")])
 @pytest.mark.parametrize("shape", [(4, 84, 84), (3, 64, 48), (1, 100, 90)])
-def test_fc_layer_gives_flatten_linears_outputs_and_gradients(shape, dtype, monkeypatch):
+def test_fc_layer_gives_flatten_linears_outputs_and_gradients(shape, dtype, weight_grad, monkeypatch):
     """Other image sizes give other conv3 maps (7x7, 4x2, 9x7); the weight gradient is checked
-    in nn.Flatten's column order, through the state dict's [out, C*H*W] view of the weight."""
+    in nn.Flatten's column order, through the state dict's [out, C*H*W] view of the weight. In
+    float32 the weight gradient runs as oneDNN's matrix product where torch has it, else as a
+    1x1 convolution: both are checked."""
+    matmuls = []
+    if weight_grad == "convolution":
+        monkeypatch.setattr(networks, "_ONEDNN_LINEAR", None)
+    elif networks._ONEDNN_LINEAR is not None:  # x86 builds of torch with oneDNN (this repo's pin)
+        monkeypatch.setattr(networks, "_ONEDNN_LINEAR", lambda *a, f=networks._ONEDNN_LINEAR: matmuls.append(1) or f(*a))
     calls = []
     monkeypatch.setattr(networks._FcAsConv, "forward", lambda *a, f=networks._FcAsConv.forward: calls.append(1) or f(*a))
     torch.manual_seed(0)
@@ -41,6 +49,7 @@ def test_fc_layer_gives_flatten_linears_outputs_and_gradients(shape, dtype, monk
     features = net(obs)
     (features * weights.to(dtype)).sum().backward()
     assert len(calls) == (1 if dtype == torch.float32 else 0)  # float32 ran the convolution
+    assert len(matmuls) == (1 if weight_grad == "onednn-matmul" and networks._ONEDNN_LINEAR is not None else 0)
     state = _leaf_state(net)
     want = _reference_forward(state, obs)
     (want * weights).sum().backward()
