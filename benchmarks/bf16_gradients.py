@@ -17,11 +17,17 @@ after a sync) and in the same precision. For each choice it prints:
 With ``--evaluate N`` it also plays N protocol episodes greedily with the whole trunk in bf16
 and reports how often its greedy action agrees with float32's on the visited states.
 
+With ``--q-values`` (soft-q) it instead compares the Q-values and the Boltzmann policy of the
+float32 trunk with the bf16 trunk's on 1,280 replay states of the agent's own play: the error of
+Q, of its action-dependent part (Q minus its mean over actions), the policies' total-variation
+distance and how often the greedy action agrees.
+
 With ``--time N`` it instead times forward+backward of 80 frames through a fresh Nature CNN for
 each choice of bf16 layers (N alternated rounds, medians; one thread).
 
     .venv/bin/python benchmarks/bf16_gradients.py a3c-Pong --batches 12 [--evaluate 30]
     .venv/bin/python benchmarks/bf16_gradients.py soft-q-Pong --batches 12
+    .venv/bin/python benchmarks/bf16_gradients.py soft-q-Pong --q-values
     .venv/bin/python benchmarks/bf16_gradients.py --time 25
 """
 from __future__ import annotations
@@ -64,6 +70,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--evaluate", type=int, default=0, metavar="N", help="also play N episodes in bf16")
     parser.add_argument("--time", type=int, default=0, metavar="N", help="only time each choice, N rounds")
+    parser.add_argument("--q-values", action="store_true", help="soft-q: only compare Q-values and policies")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.time:
@@ -74,6 +81,10 @@ def main() -> None:
     if agent.agent_id not in ("a3c", "entropy-pg", "soft-q"):
         raise SystemExit(f"{args.agent}: an a3c, entropy-pg or soft-q agent is needed, not {agent.agent_id}")
     soft_q = agent.agent_id == "soft-q"
+    if args.q_values:
+        if not soft_q:
+            raise SystemExit(f"{args.agent}: --q-values is for soft-q agents, not {agent.agent_id}")
+        return compare_q_values(agent, args.seed)
     if soft_q:
         agent.target.load_state_dict(agent.network.state_dict())  # files hold no target network
     else:
@@ -120,6 +131,25 @@ def main() -> None:
               f"| {torch.tensor(norm).median():.3f} |")
     if args.evaluate:
         evaluate_in_bf16(agent, trunks, batches, args.evaluate)
+
+
+def compare_q_values(agent, seed: int, batches: int = 40) -> None:
+    """Q-values and Boltzmann policies of the float32 and the all-bf16 trunk on the same states."""
+    tau, trunk = agent.config.tau, agent.network.trunk
+    obs = torch.cat([batch.obs for batch in replay_batches(agent, batches, seed)])
+    with torch.no_grad():
+        trunk.forward = layerwise_forward(trunk, set())
+        q32 = agent.network(obs).double()
+        trunk.forward = layerwise_forward(trunk, set(LAYERS))
+        q16 = agent.network(obs).double()
+    advantage_error = ((q16 - q16.mean(1, keepdim=True)) - (q32 - q32.mean(1, keepdim=True))).abs()
+    tv = 0.5 * (F.softmax(q32 / tau, 1) - F.softmax(q16 / tau, 1)).abs().sum(1)
+    error = (q16 - q32).abs()
+    print(f"{len(obs)} states, Q mean {q32.mean():.3f}: |Q_bf16 - Q_f32| median {error.median():.4f} "
+          f"(90th percentile {error.quantile(0.9):.4f}); its action-dependent part median {advantage_error.median():.4f} "
+          f"against a spread over actions of {(q32.max(1).values - q32.min(1).values).median():.4f} (median); "
+          f"policy total variation median {tv.median():.4f}; greedy action agrees in "
+          f"{(q32.argmax(1) == q16.argmax(1)).double().mean():.1%}")
 
 
 def replay_batches(agent, count: int, seed: int, vector_steps: int = 2500) -> list:
