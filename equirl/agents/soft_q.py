@@ -77,9 +77,10 @@ class SoftQConfig:
     on Pong the actor-critic agents' bf16 gradient drifts from float32's as play improves and
     their one bf16 run scored 5.53 where float32 scored 18-20. soft-q's bf16 gradient on trained
     Pong states is 4-7% off float32's in directions that change from batch to batch (a3c's: 19%,
-    in a consistent one); trained on Pong beside float32 (one seed each), its checkpoints' greedy
-    scores swung as widely as float32's but averaged lower (4.6 against 7.1 from 2.05 to 2.55M
-    steps; BENCHMARKS.md). Acting's pass over the next batch is
+    in a consistent one); trained on Pong beside float32 to 3M steps (one seed each), its
+    checkpoints' greedy scores swung as widely as float32's and ended alike (4.6 and 4.4 on
+    average over the last 10), lower only from 2.05 to 2.55M (4.6 against 7.1; BENCHMARKS.md).
+    Acting's pass over the next batch is
     recorded in bfloat16 and the update replays autocast's backward (the same gradients, bit
     for bit), as float32 does."""
 
