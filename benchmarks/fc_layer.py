@@ -21,20 +21,10 @@ import equirl  # noqa: F401  (before torch: equirl sets OpenMP's wait settings)
 import torch
 import torch.nn.functional as F
 
-from equirl.agents import networks
-from equirl.agents.networks import _fc_input_grad, _fc_weight_grad
+from equirl.agents.networks import _fc_input_grad, _fc_weight_grad, _fc_weight_grad_as_conv
 from equirl.zoo import heap
 
 CL = torch.channels_last
-
-
-def weight_grad_as_convolution(grad: torch.Tensor, conv3: torch.Tensor) -> torch.Tensor:
-    """_fc_weight_grad's fallback, where torch lacks oneDNN's matrix product: a 1x1 convolution."""
-    onednn_linear, networks._ONEDNN_LINEAR = networks._ONEDNN_LINEAR, None
-    try:
-        return _fc_weight_grad(grad, conv3)
-    finally:
-        networks._ONEDNN_LINEAR = onednn_linear
 
 
 def mean_seconds(fn, calls: int) -> float:
@@ -66,7 +56,7 @@ def main() -> None:
         cases[f"weight gradient, {rows} rows: mm (MKL)"] = (
             lambda g=grad, f=flat: g.t().mm(f), lambda g=grad, c=conv3: _fc_weight_grad(g, c))
         cases[f"weight gradient, {rows} rows: 1x1 convolution (the fallback)"] = (
-            lambda g=grad, c=conv3: weight_grad_as_convolution(g, c), lambda g=grad, c=conv3: _fc_weight_grad(g, c))
+            lambda g=grad, c=conv3: _fc_weight_grad_as_conv(g, c), lambda g=grad, c=conv3: _fc_weight_grad(g, c))
         cases[f"input gradient, {rows} rows: mm (MKL)"] = (
             lambda g=grad: g.mm(weight), lambda g=grad, c=conv3: _fc_input_grad(g, c, kernel))
     times = {(name, i): [] for name in cases for i in (0, 1)}

@@ -67,15 +67,21 @@ def _fc_weight_grad(grad: Tensor, inputs: Tensor) -> Tensor:
     the weight is held): ``grad.T @ rows`` with the input's rows in (h, w, c) order, in oneDNN,
     not MKL (MKL's mm ran at 0.5-0.8x oneDNN's speed on the AMD EPYC hosts: benchmarks/fc_layer.py).
     As oneDNN's matrix product of ``grad.T`` with the rows' transpose (a strided view, no copy):
-    in the soft-q loop 0.35 ms at 32 rows against 0.61 as the 1x1 convolution of one image whose
-    H*W*C pixels have the N rows as channels (the fallback here), with the same values, bit for
-    bit, for the Nature CNN's 512 outputs at 1-256 rows (BENCHMARKS.md)."""
-    rows, out = grad.shape
+    in the soft-q loop 0.35 ms at 32 rows against 0.61 as :func:`_fc_weight_grad_as_conv` (the
+    fallback), with the same values, bit for bit, for the Nature CNN's 512 outputs at 1-256 rows
+    (BENCHMARKS.md)."""
+    if _ONEDNN_LINEAR is None:
+        return _fc_weight_grad_as_conv(grad, inputs)
     flat = _hwc(inputs)  # a view: conv3's output is channels-last
-    if _ONEDNN_LINEAR is not None:
-        kernel_rows = _ONEDNN_LINEAR(grad.t(), flat.t(), None, "none", [], "")
-    else:
-        kernel_rows = F.conv2d(flat.view(1, rows, 1, flat.shape[1]), grad.t().contiguous().view(out, rows, 1, 1))
+    return _from_hwc(_ONEDNN_LINEAR(grad.t(), flat.t(), None, "none", [], ""), inputs.shape[1:])
+
+
+def _fc_weight_grad_as_conv(grad: Tensor, inputs: Tensor) -> Tensor:
+    """:func:`_fc_weight_grad` where torch lacks oneDNN's matrix product, as a 1x1 convolution of
+    one image whose H*W*C pixels have the N rows as channels (also in oneDNN)."""
+    rows, out = grad.shape
+    flat = _hwc(inputs)
+    kernel_rows = F.conv2d(flat.view(1, rows, 1, flat.shape[1]), grad.t().contiguous().view(out, rows, 1, 1))
     return _from_hwc(kernel_rows.view(out, -1), inputs.shape[1:])
 
 
