@@ -14,12 +14,13 @@ resolve differences of a few percent (BENCHMARKS.md).
 
 Both checkouts must share the collector interface (the env, replay and collector are this
 checkout's; each agent acts and learns with its own package's code); for soft-q, a base from
-c4caadd on (``act_for_training`` takes the next batch's observations).
+c4caadd on (``act_for_training`` takes the next batch or, before this change, its observations).
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import statistics
 import sys
 import time
@@ -86,12 +87,17 @@ def main() -> None:
         # versions see the same stream and their own acting records stay theirs.
         stepper = build_agent(args.agent, cfg, spec, env.obs_info, env.num_actions, torch.device("cpu"), 0)
 
+        # act_for_training takes the next batch since its targets are computed while acting;
+        # before, that batch's observations.
+        takes_batch = {agent: "batch" in inspect.signature(agent.act_for_training).parameters
+                       for agent in agents.values()}
+
         def update(agent) -> tuple[float, float]:
             # As ReplayCollector.step orders it: the batch is drawn first and goes through acting's
             # forward pass, which the update then replays (a version that records).
             batch = replay.sample(cfg.batch_size, cfg.n_steps, rng, agent.to_tensor, agent.device)
             start = time.perf_counter()
-            agent.act_for_training(collector.obs, batch.obs)
+            agent.act_for_training(collector.obs, batch if takes_batch[agent] else batch.obs)
             acted = time.perf_counter()
             collector.step(stepper, replay)
             learn = time.perf_counter()

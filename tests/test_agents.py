@@ -261,6 +261,27 @@ def test_adam_steps_are_torchs_fused_adams_bit_for_bit_without_copying_gradients
         mine.step()
 
 
+@pytest.mark.parametrize("agent_id", ["soft-q", "a3c"])
+def test_an_update_bumps_every_stepped_weight_s_version_counter(agent_id):
+    """clip_and_step runs equirl's optimizers past torch's step wrapper (optim.run_step): the
+    step still counts as an in-place change of every weight it moved (the fused Adam kernel
+    does not count its writes itself), so acting's records and cached bf16 weights made before
+    it are not used after it."""
+    from equirl.agents import ObsInfo
+    from equirl.agents.networks import default_trunk_spec
+    from equirl.zoo.presets import make_config
+
+    shape = (4, 84, 84)
+    agent = AGENTS[agent_id](make_config(agent_id, "atari"), ObsInfo(shape, "uint8"), 6,
+                             {"trunk": default_trunk_spec(shape, "uint8")}, "cpu", 0)
+    assert type(agent.optimizer).__module__ == "equirl.agents.optim"  # equirl's, not torch's
+    obs = torch.randint(0, 256, (2, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    before = {name: p._version for name, p in agent.network.named_parameters()}
+    out = agent.network(obs)
+    agent.clip_and_step(sum(o.sum() for o in out) if isinstance(out, tuple) else out.sum(), 10.0)
+    assert all(p._version > before[name] for name, p in agent.network.named_parameters())
+
+
 def test_a_deep_copy_of_adam_steps_as_the_original_does():
     """copy.deepcopy (of an agent, say) keeps equirl's Adam working: torch's __getstate__ drops
     the cache of flat views, which the copy must rebuild for its own parameters."""

@@ -53,12 +53,14 @@ def test_an_update_learning_from_acting_s_pass_equals_the_plain_one(precision, t
     for update in range(4):
         gen = torch.Generator().manual_seed(update)
         obs, batch = _pixels(gen, ROWS), _batch(gen)
-        actions, kl = merged.act_for_training(obs, batch.obs)
+        calls.calls = 0
+        actions, kl = merged.act_for_training(obs, batch)
+        assert calls.calls == 1  # the target network's forward: the online one is recorded
         want_actions, want_kl = plain.act_for_training(obs)
         assert (actions == want_actions).all() and (kl == want_kl).all()
         calls.calls = 0
         got = merged.learn(batch)
-        assert calls.calls == 1  # the target network's forward only: the online one was replayed
+        assert calls.calls == 0  # the targets came from acting, the online forward is replayed
         calls.calls = 0
         want = plain.learn(batch)
         assert calls.calls == 2
@@ -75,30 +77,52 @@ def test_acting_s_pass_is_used_once_for_its_own_batch_and_weights(trunk_calls):
     agent = _agent()
     gen = torch.Generator().manual_seed(1)
     calls = trunk_calls
-    # Another batch than the one acted with: its forward runs.
-    agent.act_for_training(_pixels(gen, ROWS), _batch(gen).obs)
+    # Another batch than the one acted with: its targets and forward run.
+    agent.act_for_training(_pixels(gen, ROWS), _batch(gen))
     calls.calls = 0
     agent.learn(_batch(gen))
     assert calls.calls == 2
-    # The record is spent by one update: learning the same batch again runs the forward.
+    # What acting computed is spent by one update: learning the same batch again runs both.
     batch = _batch(gen)
-    agent.act_for_training(_pixels(gen, ROWS), batch.obs)
+    agent.act_for_training(_pixels(gen, ROWS), batch)
     calls.calls = 0
     agent.learn(batch)
     agent.learn(batch)
-    assert calls.calls == 1 + 2
-    # Weights changed in place after acting (load_state_dict bumps the version counters).
-    agent.act_for_training(_pixels(gen, ROWS), batch.obs)
+    assert calls.calls == 0 + 2
+    # Online weights changed in place after acting (load_state_dict bumps the version counters):
+    # the online forward runs again; the target network's are unchanged, so its targets stand.
+    agent.act_for_training(_pixels(gen, ROWS), batch)
     agent.load_weights(agent.weights())
     calls.calls = 0
     agent.learn(batch)
-    assert calls.calls == 2
+    assert calls.calls == 1
     # Acting without a batch drops an earlier record.
-    agent.act_for_training(_pixels(gen, ROWS), batch.obs)
+    agent.act_for_training(_pixels(gen, ROWS), batch)
     agent.act_for_training(_pixels(gen, ROWS))
     calls.calls = 0
     agent.learn(batch)
     assert calls.calls == 2
+
+
+def test_targets_from_acting_are_used_only_with_the_target_weights_they_came_from(trunk_calls):
+    """The target network changed between acting and learning (here: its weights replaced in
+    place, as a checkpoint load does): the update recomputes the targets, and learns what an agent
+    that never acted with the batch learns."""
+    merged, plain = _agent(), _agent()
+    plain.load_weights(merged.weights())
+    gen = torch.Generator().manual_seed(3)
+    obs, batch = _pixels(gen, ROWS), _batch(gen)
+    merged.act_for_training(obs, batch)
+    plain.act_for_training(obs)
+    shifted = {k: v + 0.01 for k, v in merged.target.state_dict().items()}
+    for agent in (merged, plain):
+        agent.target.load_state_dict(shifted)
+    trunk_calls.calls = 0
+    got = merged.learn(batch)
+    assert trunk_calls.calls == 1  # the targets again; the online forward is still replayed
+    assert got == plain.learn(batch)
+    for (name, p), q in zip(merged.network.named_parameters(), plain.network.parameters()):
+        assert torch.equal(p, q), name
 
 
 def test_a_newer_recording_voids_an_older_one():

@@ -174,16 +174,10 @@ class Agent:
         # fixed-seed classic-control results (learning tests, bundled recipes) were made with: the
         # two round differently.
         big = sum(p.numel() for p in params) > 1_000_000
-        adam = optim.Adam(params, lr=lr, eps=eps) if big else torch.optim.Adam(params, lr=lr, eps=eps)
-        if big:
-            # The fused kernel writes the parameters without bumping their version counters, as
-            # every other in-place update does. Bump them, so that what relies on the counters
-            # sees the step: autograd's stale-graph checks, and NatureCNN's cached bf16 weights.
-            adam.register_step_post_hook(lambda *_: torch.autograd.graph.increment_version(params))
-        return adam
+        return optim.Adam(params, lr=lr, eps=eps) if big else torch.optim.Adam(params, lr=lr, eps=eps)
 
     def clip_and_step(self, loss: Tensor, max_grad_norm: float) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
+        optim.clear_gradients(self.optimizer)
         loss.backward()
         if self.reduce_gradients is not None:
             self.reduce_gradients(self.network.parameters())
@@ -196,7 +190,7 @@ class Agent:
         # soft-q update (a NaN norm still scales, as torch does).
         if norm.device.type != "cpu" or not bool(limit / (norm + 1e-6) >= 1.0):
             nn.utils.clip_grads_with_norm_(params, limit, norm)
-        self.optimizer.step()
+        optim.run_step(self.optimizer)
         return float(norm)
 
     # ---- state -----------------------------------------------------------------------

@@ -56,8 +56,13 @@ class RMSprop(_StateInParameterLayout, torch.optim.RMSprop):
         # saved). A fresh one for the 512x3136 FC layer cost ~1 ms of page faults a step.
         self._denominators: dict[torch.Tensor, torch.Tensor] = {}
 
-    @torch.no_grad()
     def step(self, closure=None):
+        self.apply_step()
+
+    @torch.no_grad()
+    def apply_step(self) -> None:
+        """:meth:`step` without torch's wrapper (hooks and a profiler record: see
+        :func:`run_step`)."""
         for group in self.param_groups:
             lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
             for param in group["params"]:
@@ -113,10 +118,15 @@ class Adam(_StateInParameterLayout, torch.optim.Adam):
                                            memory_view(state["exp_avg"]), memory_view(state["exp_avg_sq"]))
         return cached[0], cached[3], cached[4]
 
-    @torch.no_grad()
     def step(self, closure=None):
+        self.apply_step()
+
+    @torch.no_grad()
+    def apply_step(self) -> None:
+        """:meth:`step` without torch's wrapper (hooks and a profiler record: see
+        :func:`run_step`)."""
         for group in self.param_groups:
-            params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+            params, grads, exp_avgs, exp_avg_sqs, steps, stepped = [], [], [], [], [], []
             for param in group["params"]:
                 if param.grad is None:
                     continue
@@ -126,6 +136,7 @@ class Adam(_StateInParameterLayout, torch.optim.Adam):
                     state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 flat_param, flat_avg, flat_avg_sq = self._flat(param, state)
+                stepped.append(param)
                 params.append(flat_param)
                 grads.append(memory_view(laid_out_like(param, param.grad)))
                 exp_avgs.append(flat_avg)
@@ -140,4 +151,30 @@ class Adam(_StateInParameterLayout, torch.optim.Adam):
             torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=group["lr"], beta1=beta1,
                                beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False,
                                maximize=False)
+            # The fused kernel writes the parameters without bumping their version counters, as
+            # every other in-place update does. Bump them, so that what relies on the counters
+            # sees the step: autograd's stale-graph checks, acting's records of the weights they
+            # used, NatureCNN's cached bf16 weights.
+            torch.autograd.graph.increment_version(stepped)
+
+
+def run_step(optimizer: torch.optim.Optimizer) -> None:
+    """``optimizer.step()``; equirl's optimizers without torch's wrapper around it.
+
+    torch wraps every optimizer's ``step`` (and ``zero_grad``) in a profiler record and its
+    hook calls, which cost ~0.1 ms each in a soft-q training step (against 0.01 ms bare,
+    BENCHMARKS.md). equirl registers no optimizer hooks; one registered by a user is not called
+    for equirl's own optimizers."""
+    apply_step = getattr(optimizer, "apply_step", None)
+    if apply_step is None:
+        optimizer.step()
+    else:
+        apply_step()
+
+
+def clear_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """``optimizer.zero_grad(set_to_none=True)`` without torch's profiler record (see :func:`run_step`)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            param.grad = None
 

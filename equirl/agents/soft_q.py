@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import losses
 from .base import Agent, ObsInfo, ReplaySample
-from .networks import QNetwork
+from .networks import QNetwork, weight_versions
 
 
 @dataclass
@@ -116,8 +116,10 @@ class SoftQ(Agent):
         self.optimizer = self.make_adam(config.lr, config.eps)
         self.log_ref = losses.log_reference(num_actions, config.reference)
         self.updates = 0
-        # acting's pass over the next batch (act_for_training's learn_obs): (record, obs, first row)
-        self._record: tuple | None = None
+        # What acting computed for the next batch (act_for_training's ``batch``): that batch, the
+        # record of the online network's pass over its observations and their first row, and its
+        # targets with the target network's weight versions they were computed with.
+        self._next: tuple | None = None
 
     @staticmethod
     def build_network(config: SoftQConfig, network_spec: dict, num_actions: int) -> QNetwork:
@@ -133,24 +135,32 @@ class SoftQ(Agent):
         return self.network(obs) / self.config.tau
 
     @torch.no_grad()
-    def act_for_training(self, obs, learn_obs: Tensor | None = None) -> tuple:
+    def act_for_training(self, obs, batch: ReplaySample | None = None) -> tuple:
         """Actions, plus the behaviour policy's KL at each state for later n-step targets.
 
-        ``learn_obs``: the observations of the batch the next :meth:`learn` will get (sampled
-        before acting: ReplayCollector.step). With the same weights, the network's pass over
-        them runs with acting's, in one call, and that :meth:`learn` replays its backward
-        instead of running the forward again (the same values, bit for bit, in float32 and in
-        bf16: oneDNN computes each row alike whatever the batch, once there are 2 rows or more;
-        a 1-row pass can round differently; tests/test_soft_q_pipeline.py). 0.25-0.55 ms of a
-        ~16 ms vector step on 2 CPU cores in float32, 0.2-0.6 ms of ~9-11 in bf16 (BENCHMARKS.md)."""
+        ``batch``: the batch the next :meth:`learn` will get (sampled before acting:
+        ReplayCollector.step). Its targets are computed first, by the target network, and the
+        online network's pass over its observations runs with acting's, in one call; that
+        :meth:`learn` then uses those targets and replays the pass's backward instead of running
+        the forward again. The same values, bit for bit, in float32 and in bf16 (oneDNN computes
+        each row alike whatever the batch, once there are 2 rows or more; a 1-row pass can round
+        differently; tests/test_soft_q_pipeline.py). Merging the passes saves 0.25-0.55 ms of a
+        ~16 ms vector step on 2 CPU cores in float32; running the target network's pass before
+        acting's, not in the update, leaves acting's activations in cache for the update's
+        backward (BENCHMARKS.md)."""
         obs = self.to_tensor(obs)
-        self._record = None
-        if learn_obs is not None and self.network.recordable:
-            q, record = self.network.forward_recorded(torch.cat([obs, learn_obs]))
-            q = q[:len(obs)]
-            self._record = (record, learn_obs, len(obs))
-        else:
+        self._next = None
+        if batch is None:
             q = self.network(obs)
+        else:
+            targets, versions = self.td_targets(batch), weight_versions(self.target)
+            record = None
+            if self.network.recordable:
+                q, record = self.network.forward_recorded(torch.cat([obs, batch.obs]))
+                q = q[:len(obs)]
+            else:
+                q = self.network(obs)
+            self._next = (batch, record, len(obs), targets, versions)
         if self.config.exploration == "boltzmann":
             actions = self.sample(q / self.config.tau)
         else:
@@ -178,15 +188,17 @@ class SoftQ(Agent):
     # ---- learning --------------------------------------------------------------------
     def learn(self, batch: ReplaySample) -> dict[str, float]:
         cfg = self.config
-        q = None
-        if self._record is not None:
-            record, learn_obs, first = self._record
-            self._record = None  # one update learns from it
-            if learn_obs is batch.obs:
+        q = targets = None
+        if self._next is not None:
+            acted, record, first, acted_targets, versions = self._next
+            self._next = None  # one update learns from it
+            if acted is batch:
                 q = self.network.forward_replayed(record, slice(first, None))
+                if versions == weight_versions(self.target):
+                    targets = acted_targets
         if q is None:
             q = self.network(batch.obs)
-        loss, q_taken, targets = self.td_loss(q, batch)
+        loss, q_taken, targets = self.td_loss(q, batch, targets)
         lr = self._set_lr(cfg.lr, cfg.lr_decay)
         grad_norm = self.clip_and_step(loss, cfg.max_grad_norm)
         self.updates += 1
@@ -196,21 +208,27 @@ class SoftQ(Agent):
                 "target_mean": float(targets.mean()), "grad_norm": grad_norm, "lr": lr,
                 "epsilon": self.epsilon() if cfg.exploration == "epsilon_greedy" else 0.0}
 
-    def td_loss(self, q: Tensor, batch: ReplaySample) -> tuple[Tensor, Tensor, Tensor]:
+    def td_loss(self, q: Tensor, batch: ReplaySample, targets: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The n-step soft (or hard) TD loss of ``q``, the online network's Q-values at the
-        batch's observations, against the target network's backup; with the taken actions'
-        values and the targets."""
-        cfg = self.config
+        batch's observations, against ``targets`` (by default :meth:`td_targets`); with the
+        taken actions' values and the targets."""
         q_taken = q.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
-        with torch.no_grad():
-            q_boot = self.target(batch.bootstrap_obs)
-            soft = cfg.backup == "soft"
-            boot_value = losses.soft_value(q_boot, cfg.tau, self.log_ref) if soft else losses.hard_value(q_boot)
-            window = batch.rewards.shape[0]
-            targets = losses.nstep_soft_targets(
-                batch.rewards.to(self.dtype), batch.kl.to(self.dtype), batch.terminated, batch.truncated,
-                boot_value.unsqueeze(0).expand(window, -1), cfg.gamma, cfg.tau if soft else 0.0)[0]
+        if targets is None:
+            targets = self.td_targets(batch)
         return losses.soft_q_loss(q_taken, targets), q_taken, targets
+
+    @torch.no_grad()
+    def td_targets(self, batch: ReplaySample) -> Tensor:
+        """The batch's n-step targets: its rewards and recorded KL terms, then the target
+        network's soft (or hard) value of the bootstrap observation."""
+        cfg = self.config
+        q_boot = self.target(batch.bootstrap_obs)
+        soft = cfg.backup == "soft"
+        boot_value = losses.soft_value(q_boot, cfg.tau, self.log_ref) if soft else losses.hard_value(q_boot)
+        window = batch.rewards.shape[0]
+        return losses.nstep_soft_targets(
+            batch.rewards.to(self.dtype), batch.kl.to(self.dtype), batch.terminated, batch.truncated,
+            boot_value.unsqueeze(0).expand(window, -1), cfg.gamma, cfg.tau if soft else 0.0)[0]
 
     # ---- state -----------------------------------------------------------------------
     def extra_state(self) -> dict[str, Tensor]:

@@ -100,20 +100,20 @@ class ReplayBuffer:
         if not self.stack:
             return self.obs[times % self.slots, envs]
         k = self.stack
-        out = np.zeros((len(times), k) + self.obs.shape[2:], dtype=self.obs.dtype)
-        open_ = np.ones(len(times), dtype=bool)  # no episode start met yet walking back
-        start_age = np.full(len(times), -1)
-        for age in range(k):  # age 0: the newest frame
-            slots = (times - age) % self.slots
-            out[open_, k - 1 - age] = self.obs[slots[open_], envs[open_]]
-            began = open_ & self.starts[slots, envs]
-            start_age[began] = age
-            open_ &= ~began
-        for i in np.flatnonzero(start_age >= 0) if self.start_stacks else []:
-            age = start_age[i]
-            first = self.start_stacks.get((int((times[i] - age) % self.slots), int(envs[i])))
-            if first is not None:  # the episode began with a stack that was not zero-padded
-                out[i, :k - age] = first[age:]
+        # Every frame of every stack in one gather (position j holds the frame k-1-j steps back),
+        # then the frames before an episode's start blanked: a stack per frame age with masks
+        # took twice as long (BENCHMARKS.md), and starts are rare.
+        slots = (times[:, None] - np.arange(k - 1, -1, -1)) % self.slots  # [B, k]
+        out = self.obs[slots, envs[:, None]]
+        starts = self.starts[slots, envs[:, None]]
+        if starts.any():
+            for i in np.flatnonzero(starts.any(axis=1)):
+                begins = k - 1 - int(np.argmax(starts[i, ::-1]))  # the newest frame that begins an episode
+                first = self.start_stacks.get((int(slots[i, begins]), int(envs[i]))) if self.start_stacks else None
+                if first is None:  # ale-py's first stack: zero-padded
+                    out[i, :begins] = 0
+                else:  # the episode began with a stack that was not zero-padded
+                    out[i, :begins + 1] = first[k - 1 - begins:]
         return out
 
     @property

@@ -155,7 +155,7 @@ class ReplayCollector(CollectorState):
         The weights are bit-identical to the plain order's (tests/test_soft_q_pipeline.py)."""
         replay.add_obs(self.obs)
         batch = next_batch() if next_batch is not None else None
-        actions, kl = agent.act_for_training(self.obs, None if batch is None else batch.obs)
+        actions, kl = agent.act_for_training(self.obs, batch)
         learning = batch is not None and learn is not None
         self.env.send(0, actions, release_cores=not learning)
         if learning:
