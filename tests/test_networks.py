@@ -32,7 +32,8 @@ def test_fc_layer_gives_flatten_linears_outputs_and_gradients(shape, dtype, weig
     """Other image sizes give other conv3 maps (7x7, 4x2, 9x7); the weight gradient is checked
     in nn.Flatten's column order, through the state dict's [out, C*H*W] view of the weight. In
     float32 the weight gradient runs as oneDNN's matrix product where torch has it, else as a
-    1x1 convolution: both are checked."""
+    1x1 convolution: both are checked. A gradient-free forward gives the same features, bit for
+    bit, without the autograd Function."""
     matmuls = []
     if weight_grad == "convolution":
         monkeypatch.setattr(networks, "_ONEDNN_LINEAR", None)
@@ -49,6 +50,9 @@ def test_fc_layer_gives_flatten_linears_outputs_and_gradients(shape, dtype, weig
     features = net(obs)
     (features * weights.to(dtype)).sum().backward()
     assert len(calls) == (1 if dtype == torch.float32 else 0)  # float32 ran the convolution
+    with torch.no_grad():  # gradient-free passes skip the autograd Function: the same values
+        assert torch.equal(net(obs), features.detach())
+    assert len(calls) == (1 if dtype == torch.float32 else 0)
     assert len(matmuls) == (1 if weight_grad == "onednn-matmul" and networks._ONEDNN_LINEAR is not None else 0)
     state = _leaf_state(net)
     want = _reference_forward(state, obs)
