@@ -145,9 +145,9 @@ class SoftQ(Agent):
         the forward again. The same values, bit for bit, in float32 and in bf16 (oneDNN computes
         each row alike whatever the batch, once there are 2 rows or more; a 1-row pass can round
         differently; tests/test_soft_q_pipeline.py). Merging the passes saves 0.25-0.55 ms of a
-        ~16 ms vector step on 2 CPU cores in float32; running the target network's pass before
-        acting's, not in the update, leaves acting's activations in cache for the update's
-        backward (BENCHMARKS.md)."""
+        ~16 ms vector step on 2 CPU cores in float32; running the target network's pass first,
+        not in the update, 1-2% more (the update's backward then follows acting's pass directly;
+        BENCHMARKS.md)."""
         obs = self.to_tensor(obs)
         self._next = None
         if batch is None:
