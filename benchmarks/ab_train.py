@@ -12,31 +12,23 @@ alternated in one process share the host's state of the minute.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import statistics
-from pathlib import Path
 
 import equirl  # noqa: F401  (before torch: equirl sets OpenMP's wait settings)
 
 # isort: split
-from ab_update import load_package  # benchmarks/ is on the path when this script runs
+from ab_update import ab_parser, load_base  # benchmarks/ is on the path when this script runs
 from paired_speed import A2C_SETTINGS, SOFT_Q_SETTINGS
 
 from equirl.zoo.train import train
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=Path, required=True, metavar="CHECKOUT")
-    parser.add_argument("--agent", default="soft-q", choices=["a3c", "matched-q", "entropy-pg", "soft-q"])
-    parser.add_argument("--env", default="PongNoFrameskip-v4")
-    parser.add_argument("--rounds", type=int, default=8, help="runs per version, alternated")
+    parser = ab_parser(__doc__.splitlines()[0], 8, "runs per version, alternated")
     parser.add_argument("--steps", type=int, default=4000, help="agent steps per run")
     args = parser.parse_args()
-    if not (args.base / "equirl" / "__init__.py").is_file():
-        parser.exit(2, f"ab_train: error: --base {args.base}: no equirl package there\n")
-    base = load_package("equirl_base", args.base / "equirl")
+    base = load_base(parser, args.base)
     trains = {"base": importlib.import_module("equirl_base.zoo.train").train, "this": train}
     values = dict(SOFT_Q_SETTINGS if args.agent == "soft-q" else A2C_SETTINGS)
     sps: dict[str, list[float]] = {"base": [], "this": []}

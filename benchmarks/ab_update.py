@@ -49,18 +49,30 @@ def load_package(name: str, folder: Path):
     return module
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def ab_parser(description: str, rounds: int, rounds_help: str) -> argparse.ArgumentParser:
+    """The arguments of the before/after scripts (this one, ab_train.py): the base checkout, the
+    agent, the env and the rounds."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--base", type=Path, required=True, metavar="CHECKOUT")
     parser.add_argument("--agent", default="soft-q", choices=["a3c", "matched-q", "entropy-pg", "soft-q"])
     parser.add_argument("--env", default="PongNoFrameskip-v4")
-    parser.add_argument("--rounds", type=int, default=12, help="blocks per version, alternated")
+    parser.add_argument("--rounds", type=int, default=rounds, help=rounds_help)
+    return parser
+
+
+def load_base(parser: argparse.ArgumentParser, checkout: Path):
+    """The base checkout's equirl package, as ``equirl_base``; a usage error if there is none."""
+    if not (checkout / "equirl" / "__init__.py").is_file():
+        parser.exit(2, f"{parser.prog}: error: --base {checkout}: no equirl package there\n")
+    return load_package("equirl_base", checkout / "equirl")
+
+
+def main() -> None:
+    parser = ab_parser(__doc__.splitlines()[0], 12, "blocks per version, alternated")
     parser.add_argument("--updates", type=int, default=50, help="timed updates per block (after 10 untimed)")
     parser.add_argument("--bf16", action="store_true", help="both versions with bf16=True")
     args = parser.parse_args()
-    if not (args.base / "equirl" / "__init__.py").is_file():
-        parser.exit(2, f"ab_update: error: --base {args.base}: no equirl package there\n")
-    base = load_package("equirl_base", args.base / "equirl")
+    base = load_base(parser, args.base)
     importlib.import_module("equirl_base.zoo.train")
     heap.keep_freed_blocks()  # as train() does
     soft_q = args.agent == "soft-q"
