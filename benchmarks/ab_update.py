@@ -3,8 +3,9 @@
 Loads another checkout's equirl package next to this one (as ``equirl_base``), builds the same
 agent from each with the same seed and settings (paired_speed.py's: A2C's for the on-policy
 agents, DQN's replay ratio for soft-q), and times them in alternating blocks of updates on one
-Pong vector env: soft-q's acting (``act_for_training`` with the next batch's observations, as the
-collector calls it) and its learning step on that batch,
+Pong vector env: soft-q's acting (``act_for_training`` with the next batch, as the collector
+calls it, which now includes the target network's pass over the batch) and its learning step
+on that batch,
 an on-policy agent's rollout collection (emulator included) and its update. On a shared, noisy
 host, separate processes moved by 10-20% from run to run; blocks alternated within one process
 resolve differences of a few percent (BENCHMARKS.md).
