@@ -11,7 +11,7 @@ import torch
 
 from equirl.agents import AGENTS, ObsInfo
 from equirl.agents.base import ReplaySample
-from equirl.agents.networks import QNetwork, default_trunk_spec
+from equirl.agents.networks import ActorCriticNetwork, QNetwork, default_trunk_spec, weight_versions
 from equirl.zoo.presets import make_config
 from equirl.zoo.rollout import ReplayCollector, training_rewards
 from equirl.zoo.train import train
@@ -123,6 +123,24 @@ def test_targets_from_acting_are_used_only_with_the_target_weights_they_came_fro
     assert got == plain.learn(batch)
     for (name, p), q in zip(merged.network.named_parameters(), plain.network.parameters()):
         assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("make", [
+    lambda: QNetwork(default_trunk_spec((4, 84, 84), "uint8"), A),
+    lambda: QNetwork(default_trunk_spec((4,), "float32"), A),
+    lambda: ActorCriticNetwork(default_trunk_spec((4, 84, 84), "uint8"), A, shared=False),
+], ids=["nature-cnn-q", "mlp-q", "actor-critic-two-trunks"])
+def test_weight_versions_cover_every_parameter_and_see_any_in_place_change(make):
+    """weight_versions walks the module tree itself (not module.parameters()): the same
+    tensors in the same order, and a change to any one weight changes the result."""
+    net = make()
+    params = list(net.parameters())
+    assert weight_versions(net) == tuple((p.data_ptr(), p._version) for p in params)
+    for p in params:
+        before = weight_versions(net)
+        with torch.no_grad():
+            p.add_(0.0)
+        assert weight_versions(net) != before
 
 
 def test_a_newer_recording_voids_an_older_one():

