@@ -85,6 +85,12 @@ def _fc_weight_grad_as_conv(grad: Tensor, inputs: Tensor) -> Tensor:
     return _from_hwc(kernel_rows.view(out, -1), inputs.shape[1:])
 
 
+def _fc_as_conv(maps: Tensor, kernel: Tensor, bias: Tensor | None) -> Tensor:
+    """The FC layer's forward as a convolution whose kernel covers the whole map (see
+    :class:`_FcAsConv`): [N, out] rows."""
+    return F.conv2d(maps, kernel, bias).flatten(1)
+
+
 class _FcAsConv(torch.autograd.Function):
     """The FC layer on conv3's [N, C, H, W] output as a convolution whose kernel (the weight, held
     as [out, C, H, W] channels-last: :class:`FcOverMap`) covers the whole map; its backward in
@@ -101,7 +107,7 @@ class _FcAsConv(torch.autograd.Function):
     def forward(ctx, inputs, weight, bias):
         # Saved, so a backward after the weight changed in place raises, as it does for linear.
         ctx.save_for_backward(inputs, weight)
-        return F.conv2d(inputs, weight, bias).flatten(1)
+        return _fc_as_conv(inputs, weight, bias)
 
     @staticmethod
     @once_differentiable
@@ -139,7 +145,7 @@ class FcOverMap(nn.Module):
             if not torch.is_grad_enabled():
                 # _FcAsConv's forward, without an autograd Function's bookkeeping (~0.05 ms a
                 # call in a soft-q step) in the passes that keep no graph: acting, targets.
-                return F.conv2d(maps, self.weight, self.bias).flatten(1)
+                return _fc_as_conv(maps, self.weight, self.bias)
             return _FcAsConv.apply(maps, self.weight, self.bias)
         return F.linear(_hwc(maps), _hwc(self.weight), self.bias)
 

@@ -16,13 +16,24 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from . import losses
 from .base import Agent, ObsInfo, ReplaySample
-from .networks import QNetwork, weight_versions
+from .networks import QNetwork, QRecord, weight_versions
+
+
+class _Acted(NamedTuple):
+    """What :meth:`SoftQ.act_for_training` computed for the batch the next update learns from."""
+
+    batch: ReplaySample
+    record: QRecord | None  # the online network's pass over the batch's observations (None: not recorded)
+    first_row: int  # the batch's first row in that pass (acting's rows come first)
+    targets: Tensor
+    target_versions: tuple  # the target network's weights the targets were computed with
 
 
 @dataclass
@@ -116,10 +127,7 @@ class SoftQ(Agent):
         self.optimizer = self.make_adam(config.lr, config.eps)
         self.log_ref = losses.log_reference(num_actions, config.reference)
         self.updates = 0
-        # What acting computed for the next batch (act_for_training's ``batch``): that batch, the
-        # record of the online network's pass over its observations and their first row, and its
-        # targets with the target network's weight versions they were computed with.
-        self._next: tuple | None = None
+        self._acted: _Acted | None = None  # for the next update (act_for_training's ``batch``)
 
     @staticmethod
     def build_network(config: SoftQConfig, network_spec: dict, num_actions: int) -> QNetwork:
@@ -149,7 +157,7 @@ class SoftQ(Agent):
         not in the update, 1-2% more (the update's backward then follows acting's pass directly;
         BENCHMARKS.md)."""
         obs = self.to_tensor(obs)
-        self._next = None
+        self._acted = None
         if batch is None:
             q = self.network(obs)
         else:
@@ -160,7 +168,7 @@ class SoftQ(Agent):
                 q = q[:len(obs)]
             else:
                 q = self.network(obs)
-            self._next = (batch, record, len(obs), targets, versions)
+            self._acted = _Acted(batch, record, len(obs), targets, versions)
         if self.config.exploration == "boltzmann":
             actions = self.sample(q / self.config.tau)
         else:
@@ -189,13 +197,11 @@ class SoftQ(Agent):
     def learn(self, batch: ReplaySample) -> dict[str, float]:
         cfg = self.config
         q = targets = None
-        if self._next is not None:
-            acted, record, first, acted_targets, versions = self._next
-            self._next = None  # one update learns from it
-            if acted is batch:
-                q = self.network.forward_replayed(record, slice(first, None))
-                if versions == weight_versions(self.target):
-                    targets = acted_targets
+        acted, self._acted = self._acted, None  # one update learns from it
+        if acted is not None and acted.batch is batch:
+            q = self.network.forward_replayed(acted.record, slice(acted.first_row, None))
+            if acted.target_versions == weight_versions(self.target):
+                targets = acted.targets
         if q is None:
             q = self.network(batch.obs)
         loss, q_taken, targets = self.td_loss(q, batch, targets)

@@ -106,14 +106,13 @@ class ReplayBuffer:
         slots = (times[:, None] - np.arange(k - 1, -1, -1)) % self.slots  # [B, k]
         out = self.obs[slots, envs[:, None]]
         starts = self.starts[slots, envs[:, None]]
-        if starts.any():
-            for i in np.flatnonzero(starts.any(axis=1)):
-                begins = k - 1 - int(np.argmax(starts[i, ::-1]))  # the newest frame that begins an episode
-                first = self.start_stacks.get((int(slots[i, begins]), int(envs[i]))) if self.start_stacks else None
-                if first is None:  # ale-py's first stack: zero-padded
-                    out[i, :begins] = 0
-                else:  # the episode began with a stack that was not zero-padded
-                    out[i, :begins + 1] = first[k - 1 - begins:]
+        for i in np.flatnonzero(starts.any(axis=1)):
+            begins = k - 1 - int(np.argmax(starts[i, ::-1]))  # the newest frame that begins an episode
+            first = self.start_stacks.get((int(slots[i, begins]), int(envs[i])))
+            if first is None:  # ale-py's first stack: zero-padded
+                out[i, :begins] = 0
+            else:  # the episode began with a stack that was not zero-padded
+                out[i, :begins + 1] = first[k - 1 - begins:]
         return out
 
     @property
