@@ -7,14 +7,22 @@ the envs step) at DQN's replay ratio (4 envs, one update of batch 32 per vector 
 paired_speed.py pairs it with SB3's DQN.
 
     .venv/bin/python benchmarks/profile_update.py --agent a3c [--bf16] [--table]
-    .venv/bin/python benchmarks/profile_update.py --agent soft-q --updates 400 [--no-env]
+    .venv/bin/python benchmarks/profile_update.py --agent soft-q --updates 400 [--no-env] [--onednn]
 
 ``--no-env`` (soft-q) times the loop without the emulators: after the warm-up, ``send`` does
 nothing and ``recv`` returns the last real step again, so what remains is torch and the replay.
+
+``--onednn`` then runs 20 more updates with oneDNN's verbose mode on and prints the time of each
+oneDNN primitive it ran (convolutions by direction and implementation, reorders), per update:
+oneDNN's own clock, without the torch profiler's overhead.
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import os
+import sys
+import tempfile
 import time
 
 import equirl  # noqa: F401  (before torch: equirl sets OpenMP's wait settings)
@@ -56,6 +64,8 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=50)
     parser.add_argument("--table", action="store_true", help="also print torch's operator table")
     parser.add_argument("--bf16", action="store_true", help="the CNN under bfloat16 autocast")
+    parser.add_argument("--onednn", action="store_true",
+                        help="also time each oneDNN primitive (its verbose mode) over 20 more updates")
     parser.add_argument("--no-env", action="store_true",
                         help="soft-q: after the warm-up, no emulation (send does nothing, recv repeats the last step)")
     args = parser.parse_args()
@@ -137,7 +147,41 @@ def main() -> None:
             for _ in range(5 if not soft_q else 20):
                 iteration()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    if args.onednn:
+        print_onednn_primitives(iteration, 20)
     env.close()
+
+
+def print_onednn_primitives(iteration, updates: int) -> None:
+    """Run ``updates`` iterations with oneDNN's verbose mode on (it prints a line per primitive
+    executed, with its time, from C: captured here at the file-descriptor level), then print the
+    time per update of each kind of primitive, largest first."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+") as log:
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                for _ in range(updates):
+                    iteration()
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        lines = [line.strip().split(",") for line in log if line.startswith("onednn_verbose,v1,primitive,exec")]
+    # onednn_verbose,v1,primitive,exec,cpu,KIND,IMPLEMENTATION,PROPAGATION,MEMORY,ATTRIBUTES,AUX,PROBLEM,MS
+    totals: dict[tuple, list] = collections.defaultdict(lambda: [0, 0.0])
+    for fields in lines:
+        total = totals[(fields[5], fields[7], fields[6], fields[-2])]
+        total[0] += 1
+        total[1] += float(fields[-1])
+    grand = sum(ms for _, ms in totals.values())
+    print(f"\noneDNN primitives over {updates} updates: {grand / updates:.2f} ms per update inside oneDNN")
+    print("| calls/update | ms/update | primitive | direction | implementation | problem |")
+    print("|---|---|---|---|---|---|")
+    for (kind, direction, implementation, problem), (calls, ms) in sorted(totals.items(), key=lambda kv: -kv[1][1]):
+        print(f"| {calls / updates:.1f} | {ms / updates:.3f} | {kind} | {direction} | {implementation} | {problem} |")
 
 
 if __name__ == "__main__":
