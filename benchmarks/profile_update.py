@@ -170,6 +170,9 @@ def print_onednn_primitives(iteration, updates: int) -> None:
             os.close(saved)
         log.seek(0)
         lines = [line.strip().split(",") for line in log if line.startswith("onednn_verbose,v1,primitive,exec")]
+    if not lines:
+        print("\noneDNN ran no primitive (a torch without oneDNN, or oneDNN disabled)")
+        return
     # onednn_verbose,v1,primitive,exec,cpu,KIND,IMPLEMENTATION,PROPAGATION,MEMORY,ATTRIBUTES,AUX,PROBLEM,MS
     totals: dict[tuple, list] = collections.defaultdict(lambda: [0, 0.0])
     for fields in lines:
