@@ -113,6 +113,7 @@ class CapturedUpdate:
         for group in agent.optimizer.param_groups:
             group["capturable"] = True
         first = warmup[0]
+        self.copied: torch.cuda.Event | None = None  # recorded after the last batch's copies
         self.pinned = {k: torch.from_numpy(v).pin_memory() for k, v in first.items()}
         self.inputs = {k: v.to(agent.device) for k, v in self.pinned.items()}
         self.static = ReplaySample(**self.inputs)
@@ -130,9 +131,16 @@ class CapturedUpdate:
             self.loss = update(agent, self.static)
 
     def load(self, host: dict[str, np.ndarray]) -> None:
+        # The previous batch's copies out of the pinned buffers run asynchronously, behind the
+        # updates queued before them: wait for them before overwriting the buffers (else a
+        # replay could learn from half of the next batch). The host stays one update ahead.
+        if self.copied is not None:
+            self.copied.synchronize()
         for name, value in host.items():
             self.pinned[name].numpy()[...] = value
             self.inputs[name].copy_(self.pinned[name], non_blocking=True)
+        self.copied = torch.cuda.Event()
+        self.copied.record()
 
     def __call__(self, host: dict[str, np.ndarray]) -> None:
         self.load(host)
