@@ -32,7 +32,7 @@ def main() -> None:
     trains = {"base": importlib.import_module("equirl_base.zoo.train").train, "this": train}
     values = dict(SOFT_Q_SETTINGS if args.agent == "soft-q" else A2C_SETTINGS)
     sps: dict[str, list[float]] = {"base": [], "this": []}
-    for name, run in trains.items():  # a short untimed run of each first (imports, first-call costs)
+    for run in trains.values():  # a short untimed run of each first (imports, first-call costs)
         run(args.agent, args.env, 800, seed=0, config_values=values)
     for round_ in range(args.rounds):
         for name in (("base", "this") if round_ % 2 == 0 else ("this", "base")):
